@@ -1,0 +1,58 @@
+"""Deliver event records to HTTP endpoints from synchronous Python, one callback per record.
+
+The Python counterpart of Apache EventMesh's HTTP Sink Connector and its
+``SendMessageCallback`` contract: :meth:`HttpSinkConnector.put` returns a
+:class:`concurrent.futures.Future` at once, a bounded thread pool sends the
+request over a urllib3 connection pool, and every accepted record gets exactly
+one outcome.
+"""
+
+from .config import HttpSinkConfig, RetryConfig
+from .connector import HttpSinkConnector, SinkStats
+from .errors import (
+    BusinessError,
+    ConfigError,
+    ConnectTimeoutError,
+    EndpointUnavailableError,
+    HttpStatusError,
+    InvalidRecordError,
+    QueueFullError,
+    ReadTimeoutError,
+    RecordEncodingError,
+    ResponseError,
+    SinkClosedError,
+    SinkError,
+)
+from .records import ConnectRecord
+from .results import SendExceptionContext, SendMessageCallback, SendResult
+from .transport import RequestsTransport, Response, Transport, Urllib3Transport
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BusinessError",
+    "ConfigError",
+    "ConnectRecord",
+    "ConnectTimeoutError",
+    "EndpointUnavailableError",
+    "HttpSinkConfig",
+    "HttpSinkConnector",
+    "HttpStatusError",
+    "InvalidRecordError",
+    "QueueFullError",
+    "ReadTimeoutError",
+    "RecordEncodingError",
+    "RequestsTransport",
+    "Response",
+    "ResponseError",
+    "RetryConfig",
+    "SendExceptionContext",
+    "SendMessageCallback",
+    "SendResult",
+    "SinkClosedError",
+    "SinkError",
+    "SinkStats",
+    "Transport",
+    "Urllib3Transport",
+    "__version__",
+]

@@ -1,0 +1,294 @@
+"""Configuration values, validated when they are built.
+
+Both classes are frozen attrs classes: a config is a value that can be shared
+between connectors and threads. Every validator raises :class:`ConfigError`
+naming the field, so a mistake surfaces at construction, not at the first send.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, Literal
+
+import attrs
+from urllib3.util import parse_url
+
+from .errors import ConfigError
+
+__all__ = ["DEFAULT_SENSITIVE_HEADERS", "HttpSinkConfig", "RetryConfig", "check_header"]
+
+DEFAULT_SENSITIVE_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"}
+)
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 field-name / method token
+_DEFAULT_RETRY_STATUSES = (408, 425, 429, 500, 502, 503, 504)
+
+
+def check_header(name: object, value: object, where: str) -> None:
+    """Refuse a header that could split the request or fail to encode.
+
+    Raises:
+        ConfigError: naming ``where`` (the field or record the header came from).
+    """
+    if not isinstance(name, str) or not _TOKEN.match(name):
+        raise ConfigError(where, f"header name {name!r} is not a valid HTTP token")
+    if not isinstance(value, str):
+        raise ConfigError(where, f"header {name!r} value must be str, got {type(value).__name__}")
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise ConfigError(where, f"header {name!r} value contains CR, LF or NUL")
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ConfigError(where, f"header {name!r} value is not latin-1 encodable") from None
+
+
+# -- validators: each names the field through ``attr.name`` ------------------------------
+
+
+def _positive(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(attr.name, f"must be a positive number, got {value!r}")
+
+
+def _positive_int(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(attr.name, f"must be a positive int, got {value!r}")
+
+
+def _non_negative(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ConfigError(attr.name, f"must be a number >= 0, got {value!r}")
+
+
+def _non_negative_int(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(attr.name, f"must be an int >= 0, got {value!r}")
+
+
+def _optional(validator: Any) -> Any:
+    def check(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None:
+            validator(inst, attr, value)
+
+    return check
+
+
+def _one_of(*choices: str) -> Any:
+    def check(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value not in choices:
+            raise ConfigError(attr.name, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+    return check
+
+
+def _boolean(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(attr.name, f"must be True or False, got {value!r}")
+
+
+# -- converters ---------------------------------------------------------------------------
+
+
+def _to_urls(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)):
+        return tuple(value)
+    raise ConfigError("urls", f"must be a URL string or a sequence of them, got {type(value).__name__}")
+
+
+def _to_statuses(value: Any) -> tuple[int, ...]:
+    try:
+        return tuple(value)
+    except TypeError:
+        raise ConfigError("retry_on_status", f"must be a sequence of ints, got {value!r}") from None
+
+
+def _to_headers(value: Any) -> Mapping[str, str]:
+    if value is None:
+        return MappingProxyType({})
+    if not isinstance(value, Mapping):
+        raise ConfigError("headers", f"must be a mapping of str to str, got {type(value).__name__}")
+    return MappingProxyType(dict(value))
+
+
+def _to_lower_set(value: Any) -> frozenset[str]:
+    if isinstance(value, str):
+        value = (value,)
+    try:
+        return frozenset(str(v).lower() for v in value) | DEFAULT_SENSITIVE_HEADERS
+    except TypeError:
+        raise ConfigError(
+            "sensitive_headers", f"must be a collection of header names, got {value!r}"
+        ) from None
+
+
+@attrs.frozen
+class RetryConfig:
+    """When and how long to retry a failed attempt.
+
+    Waits follow ``backoff.expo`` (``initial_backoff * 2**n``, capped at
+    ``max_backoff``) with full jitter. A ``Retry-After`` header on a retryable
+    status replaces the computed wait. No attempt starts once ``max_elapsed``
+    seconds have passed since ``put``. Connection errors, timeouts and unreadable
+    responses are retried; a status is retried only if in ``retry_on_status``.
+
+    Args:
+        max_retries: Retries after the first attempt (0 disables retrying).
+        initial_backoff: The first wait's upper bound, in seconds.
+        max_backoff: The cap of a computed wait, in seconds.
+        max_elapsed: The total time budget of a record, in seconds.
+        retry_on_status: The HTTP statuses that are retried.
+        respect_retry_after: Honour a ``Retry-After`` header (seconds or HTTP date).
+    """
+
+    max_retries: int = attrs.field(default=3, validator=_non_negative_int)
+    initial_backoff: float = attrs.field(default=0.1, validator=_non_negative)
+    max_backoff: float = attrs.field(default=30.0, validator=_non_negative)
+    max_elapsed: float = attrs.field(default=300.0, validator=_positive)
+    retry_on_status: tuple[int, ...] = attrs.field(default=_DEFAULT_RETRY_STATUSES, converter=_to_statuses)
+    respect_retry_after: bool = attrs.field(default=True, validator=_boolean)
+
+    @retry_on_status.validator
+    def _check_statuses(self, attr: attrs.Attribute[Any], value: tuple[int, ...]) -> None:
+        for status in value:
+            if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+                raise ConfigError(attr.name, f"{status!r} is not an HTTP status code")
+            if 200 <= status <= 299:
+                raise ConfigError(attr.name, f"{status} is a success status and cannot be retried")
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_backoff < self.initial_backoff:
+            raise ConfigError("max_backoff", f"must be >= initial_backoff ({self.initial_backoff})")
+
+
+@attrs.frozen(repr=False)
+class HttpSinkConfig:
+    """Where and how records are delivered.
+
+    Args:
+        urls: One URL or a non-empty sequence of them (http or https; the query string
+            is kept). Attempts go to them in turn (round robin).
+        max_workers: Threads sending requests.
+        max_pending: Records accepted but not yet finished (callback included).
+        when_full: ``"block"`` waits for room in ``put`` (up to ``put_timeout``);
+            ``"raise"`` raises :class:`QueueFullError` at once.
+        put_timeout: Seconds a blocked ``put`` may wait; ``None`` waits forever.
+        connect_timeout: Seconds to establish a connection.
+        read_timeout: Seconds to wait for each read from the socket.
+        attempt_timeout: Total seconds one attempt may take, body included;
+            ``None`` for no total bound.
+        pool_maxsize: Connections kept per host; defaults to ``max_workers``.
+        keep_alive: Reuse connections between requests.
+        headers: Extra headers sent with every request.
+        method: The HTTP method.
+        max_response_bytes: How much of a response body is kept in results and errors;
+            the rest is drained (up to a bound) and discarded, never held.
+        max_body_bytes: Records whose encoded body is larger are refused by ``put``.
+        retry: The :class:`RetryConfig`.
+        verify: Verify TLS certificates (on by default; turning it off logs a warning).
+        ca_certs: A CA bundle file to verify against instead of the system's.
+        client_cert: A client certificate file, or ``(cert_file, key_file)``.
+        sensitive_headers: Header names (case-insensitive) shown as ``***`` in logs
+            and reprs; ``Authorization``, ``Cookie`` and the like always are.
+        exit_timeout: Seconds an unclosed connector gets to finish at interpreter exit
+            before its remaining records are cancelled.
+    """
+
+    urls: tuple[str, ...] = attrs.field(converter=_to_urls)
+    max_workers: int = attrs.field(default=16, validator=_positive_int, kw_only=True)
+    max_pending: int = attrs.field(default=10_000, validator=_positive_int, kw_only=True)
+    when_full: Literal["block", "raise"] = attrs.field(
+        default="block", validator=_one_of("block", "raise"), kw_only=True
+    )
+    put_timeout: float | None = attrs.field(default=None, validator=_optional(_non_negative), kw_only=True)
+    connect_timeout: float = attrs.field(default=5.0, validator=_positive, kw_only=True)
+    read_timeout: float = attrs.field(default=30.0, validator=_positive, kw_only=True)
+    attempt_timeout: float | None = attrs.field(default=60.0, validator=_optional(_positive), kw_only=True)
+    pool_maxsize: int = attrs.field(
+        default=attrs.Factory(lambda self: self.max_workers, takes_self=True),
+        validator=_positive_int,
+        kw_only=True,
+    )
+    keep_alive: bool = attrs.field(default=True, validator=_boolean, kw_only=True)
+    headers: Mapping[str, str] = attrs.field(
+        factory=dict, converter=_to_headers, kw_only=True, eq=False, hash=False
+    )
+    method: str = attrs.field(default="POST", kw_only=True)
+    max_response_bytes: int = attrs.field(default=65_536, validator=_non_negative_int, kw_only=True)
+    max_body_bytes: int = attrs.field(default=10 * 1024 * 1024, validator=_positive_int, kw_only=True)
+    retry: RetryConfig = attrs.field(factory=RetryConfig, kw_only=True)
+    verify: bool = attrs.field(default=True, validator=_boolean, kw_only=True)
+    ca_certs: str | None = attrs.field(default=None, kw_only=True)
+    client_cert: str | tuple[str, str] | None = attrs.field(default=None, kw_only=True)
+    sensitive_headers: frozenset[str] = attrs.field(
+        default=DEFAULT_SENSITIVE_HEADERS, converter=_to_lower_set, kw_only=True
+    )
+    exit_timeout: float = attrs.field(default=5.0, validator=_non_negative, kw_only=True)
+
+    @urls.validator
+    def _check_urls(self, attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+        if not value:
+            raise ConfigError("urls", "at least one URL is required")
+        for url in value:
+            if not isinstance(url, str) or not url:
+                raise ConfigError("urls", f"each URL must be a non-empty str, got {url!r}")
+            try:
+                parsed = parse_url(url)
+            except ValueError as exc:
+                raise ConfigError("urls", f"{url!r} is not a valid URL: {exc}") from None
+            if parsed.scheme not in ("http", "https"):
+                raise ConfigError("urls", f"{url!r}: scheme must be http or https, got {parsed.scheme!r}")
+            if not parsed.host:
+                raise ConfigError("urls", f"{url!r} has no host")
+            if parsed.auth:
+                raise ConfigError(
+                    "urls", f"{parsed.host}: credentials in the URL would be logged; use headers"
+                )
+
+    @headers.validator
+    def _check_headers(self, attr: attrs.Attribute[Any], value: Mapping[str, str]) -> None:
+        for name, val in value.items():
+            check_header(name, val, "headers")
+
+    @method.validator
+    def _check_method(self, attr: attrs.Attribute[Any], value: str) -> None:
+        if not isinstance(value, str) or not _TOKEN.match(value):
+            raise ConfigError("method", f"{value!r} is not an HTTP method token")
+
+    @retry.validator
+    def _check_retry(self, attr: attrs.Attribute[Any], value: Any) -> None:
+        if not isinstance(value, RetryConfig):
+            raise ConfigError("retry", f"must be a RetryConfig, got {type(value).__name__}")
+
+    @client_cert.validator
+    def _check_client_cert(self, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value is None or isinstance(value, str):
+            return
+        if not (isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, str) for v in value)):
+            raise ConfigError("client_cert", "must be a cert file path or a (cert_file, key_file) tuple")
+
+    def __attrs_post_init__(self) -> None:
+        if self.pool_maxsize < self.max_workers:
+            # urllib3 pools block for a free connection: a smaller pool would park workers.
+            raise ConfigError(
+                "pool_maxsize", f"must be >= max_workers ({self.max_workers}), got {self.pool_maxsize}"
+            )
+        if self.ca_certs is not None and not self.verify:
+            raise ConfigError("ca_certs", "is given but verify=False: drop one of them")
+
+    def __repr__(self) -> str:
+        # Header values may be credentials: the repr must be safe to log.
+        parts = []
+        for f in attrs.fields(type(self)):
+            value = getattr(self, f.name)
+            if f.name == "headers":
+                value = {k: self.redact(k, v) for k, v in value.items()}
+            parts.append(f"{f.name}={value!r}")
+        return f"HttpSinkConfig({', '.join(parts)})"
+
+    def redact(self, name: str, value: str) -> str:
+        """Return ``value``, or ``***`` when header ``name`` is sensitive."""
+        return "***" if name.lower() in self.sensitive_headers else value

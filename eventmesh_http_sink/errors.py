@@ -1,0 +1,158 @@
+"""The exceptions the sink raises and reports.
+
+Every delivery failure reaches the record's callback as a :class:`SinkError`
+subclass whose ``__cause__`` is the original exception (urllib3's, requests',
+or the socket's). Errors raised synchronously by :meth:`put` (bad record,
+full queue, closed sink) and by configuration are ``SinkError`` too, and also
+derive from the builtin a caller would naturally catch (``ValueError``,
+``TypeError``), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BusinessError",
+    "ConfigError",
+    "ConnectTimeoutError",
+    "EndpointUnavailableError",
+    "HttpStatusError",
+    "InvalidRecordError",
+    "QueueFullError",
+    "ReadTimeoutError",
+    "RecordEncodingError",
+    "ResponseError",
+    "SinkClosedError",
+    "SinkError",
+]
+
+
+class SinkError(Exception):
+    """Base class of every error the sink raises or reports.
+
+    Attributes:
+        url: The URL of the attempt that failed, when there was one.
+        status: The HTTP status received, or ``None`` when no response was read.
+        retryable: Whether a later attempt could succeed. The retry policy has the
+            last word for HTTP statuses (see :class:`RetryConfig`).
+    """
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, url: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.url = url
+        self.status = status
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only arguments would be lost by the default pickling, and errors
+        # cross process boundaries in Celery results and multiprocessing.
+        return (_rebuild, (type(self), self.message, dict(self.__dict__)))
+
+
+def _rebuild(cls: type[SinkError], message: str, state: dict[str, object]) -> SinkError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
+
+
+class ConfigError(SinkError, ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+
+
+class InvalidRecordError(SinkError, ValueError):
+    """A record was refused by :meth:`put`; nothing was queued or sent."""
+
+    def __init__(self, record_id: str | None, reason: str) -> None:
+        super().__init__(f"record {record_id!r}: {reason}")
+        self.record_id = record_id
+
+
+class RecordEncodingError(InvalidRecordError, TypeError):
+    """A record's data or extensions cannot be encoded (unsupported type)."""
+
+
+class QueueFullError(SinkError):
+    """``max_pending`` records are already pending and ``put`` may not wait longer.
+
+    Attributes:
+        accepted: From ``put_all``, the Futures of the records accepted before this one.
+    """
+
+    accepted: list[Any] = []  # noqa: RUF012 - replaced per instance, never mutated
+
+
+class SinkClosedError(SinkError):
+    """The connector is closed: the record was refused or cancelled at close.
+
+    Attributes:
+        accepted: From ``put_all``, the Futures of the records accepted before this one.
+    """
+
+    accepted: list[Any] = []  # noqa: RUF012 - replaced per instance, never mutated
+
+
+class HttpStatusError(SinkError):
+    """The endpoint answered with a status outside 2xx.
+
+    Attributes:
+        status: The HTTP status code.
+        body: The start of the response body (at most ``max_response_bytes``).
+        location: The ``Location`` header of a redirect, which is never followed.
+    """
+
+    status: int
+
+    def __init__(
+        self,
+        status: int,
+        *,
+        url: str | None = None,
+        reason: str = "",
+        body: bytes = b"",
+        location: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        text = f"HTTP {status}" + (f" {reason}" if reason else "")
+        if location:
+            text += f" (redirect to {location} not followed)"
+        if url:
+            text += f" from {url}"
+        super().__init__(text, url=url, status=status)
+        self.body = body
+        self.location = location
+        self.retry_after = retry_after
+
+
+class BusinessError(SinkError):
+    """A 2xx response whose content the ``success_when`` predicate rejected."""
+
+
+class _TransientError(SinkError):
+    retryable = True
+
+
+class EndpointUnavailableError(_TransientError):
+    """The endpoint could not be reached: refused, unresolvable, TLS failure."""
+
+
+class ConnectTimeoutError(_TransientError, TimeoutError):
+    """No connection was established within ``connect_timeout``."""
+
+
+class ReadTimeoutError(_TransientError, TimeoutError):
+    """The response did not arrive within ``read_timeout`` (or ``attempt_timeout``)."""
+
+
+class ResponseError(_TransientError):
+    """The response was unreadable: reset, truncated, or not HTTP."""

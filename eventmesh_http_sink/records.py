@@ -1,0 +1,149 @@
+"""The record a caller hands to the sink, and how its data becomes a request body.
+
+:class:`ConnectRecord` mirrors EventMesh's ``ConnectRecord``: a payload, string-keyed
+extensions (EventMesh's ``KeyValue``), an optional callback, a timestamp and an
+opaque source position. Encoding happens in the caller's thread, inside
+:meth:`HttpSinkConnector.put`, so a record that cannot be sent fails there,
+before anything is queued.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .errors import InvalidRecordError, RecordEncodingError
+
+if TYPE_CHECKING:
+    from .results import SendMessageCallback
+
+__all__ = ["ConnectRecord"]
+
+JSON_CONTENT_TYPE = "application/json"
+TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
+BYTES_CONTENT_TYPE = "application/octet-stream"
+
+_FORBIDDEN_IN_ID = frozenset("\r\n\0")
+
+
+def _new_record_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _check_record_id(inst: ConnectRecord, attr: attrs.Attribute[str], value: str) -> None:
+    # The id travels as the Idempotency-Key header, so it must be a clean header value.
+    if not isinstance(value, str) or not value:
+        raise InvalidRecordError(None, f"record_id must be a non-empty str, got {value!r}")
+    if not _FORBIDDEN_IN_ID.isdisjoint(value) or not value.isascii() or not value.isprintable():
+        raise InvalidRecordError(value, "record_id must be printable ASCII without CR/LF")
+
+
+def _check_extensions(inst: ConnectRecord, attr: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, Mapping):
+        raise InvalidRecordError(
+            _id_of(inst), f"extensions must be a str-keyed mapping, got {type(value).__name__}"
+        )
+    for key in value:
+        if not isinstance(key, str):
+            raise InvalidRecordError(_id_of(inst), f"extensions keys must be str, got {key!r}")
+
+
+def _check_callback(inst: ConnectRecord, attr: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    for name in ("on_success", "on_exception"):
+        if not callable(getattr(value, name, None)):
+            raise InvalidRecordError(
+                _id_of(inst),
+                f"callback {type(value).__name__} has no callable {name}(); "
+                "a SendMessageCallback needs on_success(result) and on_exception(context)",
+            )
+
+
+def _id_of(inst: ConnectRecord) -> str | None:
+    # Validators of earlier fields run before record_id exists on a half-built record.
+    return getattr(inst, "record_id", None)
+
+
+@attrs.define(eq=False, repr=False)
+class ConnectRecord:
+    """One event to deliver.
+
+    Args:
+        data: The payload: ``bytes`` are sent as-is (``application/octet-stream``),
+            ``str`` as UTF-8 text, anything else as JSON (``application/json``).
+        extensions: String-keyed attributes (EventMesh's ``KeyValue``); sent as a JSON
+            ``extension`` header. ``extensions["topic"]`` is reported back as the topic.
+        callback: A :class:`SendMessageCallback` told the outcome, exactly once.
+        timestamp: Event time in epoch milliseconds, as EventMesh records carry it.
+        position: The source position (opaque to the sink, kept for the caller).
+        record_id: A unique id, a fresh UUID unless given; sent as ``Idempotency-Key``
+            on every attempt so receivers can de-duplicate.
+    """
+
+    data: Any
+    extensions: Mapping[str, Any] | None = attrs.field(default=None, validator=_check_extensions)
+    callback: SendMessageCallback | None = attrs.field(default=None, validator=_check_callback)
+    timestamp: int | float | None = None
+    position: Any = None
+    record_id: str = attrs.field(factory=_new_record_id, kw_only=True, validator=_check_record_id)
+
+    @property
+    def topic(self) -> str | None:
+        """``extensions["topic"]`` as a string, or ``None``."""
+        ext = self.extensions
+        if not ext:
+            return None
+        topic = ext.get("topic")
+        return None if topic is None else str(topic)
+
+    def __repr__(self) -> str:
+        # Payloads can be large or sensitive: show their type and size, never their content.
+        return (
+            f"ConnectRecord(record_id={self.record_id!r}, topic={self.topic!r}, "
+            f"data=<{type(self.data).__name__}>)"
+        )
+
+
+def encode_data(record: ConnectRecord) -> tuple[bytes, str]:
+    """Return ``(body, content_type)`` for a record's data.
+
+    Raises:
+        RecordEncodingError: the data is not bytes, str or JSON-serialisable.
+    """
+    data = record.data
+    if isinstance(data, bytes):
+        return data, BYTES_CONTENT_TYPE
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data), BYTES_CONTENT_TYPE
+    try:
+        if isinstance(data, str):
+            return data.encode("utf-8"), TEXT_CONTENT_TYPE
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return text.encode("utf-8"), JSON_CONTENT_TYPE
+    except (TypeError, ValueError, RecursionError) as exc:
+        # UnicodeEncodeError (a lone surrogate) is a ValueError too.
+        raise RecordEncodingError(
+            record.record_id, f"data of type {type(data).__name__} is not bytes, str or JSON: {exc}"
+        ) from exc
+
+
+def encode_extensions(record: ConnectRecord) -> str | None:
+    """Return the ``extension`` header value (compact ASCII JSON), or ``None`` when empty.
+
+    ``ensure_ascii`` escapes CR, LF and every non-ASCII character, so the value can
+    never split or corrupt the header block.
+    """
+    ext = record.extensions
+    if not ext:
+        return None
+    try:
+        return json.dumps(ext, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise RecordEncodingError(record.record_id, f"extensions are not JSON-serialisable: {exc}") from exc

@@ -1,0 +1,85 @@
+"""What a record's callback is told: EventMesh's ``SendMessageCallback`` contract."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from .errors import SinkError
+
+__all__ = ["SendExceptionContext", "SendMessageCallback", "SendResult"]
+
+
+@attrs.frozen(repr=False)
+class SendResult:
+    """A record was delivered: the endpoint answered 2xx.
+
+    Attributes:
+        record_id: The record's id (also its ``Idempotency-Key``).
+        topic: ``extensions["topic"]`` or ``None``.
+        url: The URL that accepted it (``None`` for a broadcast; see ``per_url``).
+        status: The HTTP status of the successful attempt.
+        attempts: How many attempts it took; the first try counts as 1.
+        elapsed: Seconds from ``put`` to the outcome.
+        response_body: The start of the response body, at most ``max_response_bytes``.
+        per_url: For a broadcast, each URL's status; otherwise ``None``.
+    """
+
+    record_id: str
+    topic: str | None
+    url: str | None
+    status: int
+    attempts: int
+    elapsed: float
+    response_body: bytes = b""
+    per_url: Mapping[str, int] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"SendResult(record_id={self.record_id!r}, topic={self.topic!r}, url={self.url!r}, "
+            f"status={self.status}, attempts={self.attempts}, elapsed={self.elapsed:.3f}, "
+            f"response_body=<{len(self.response_body)} bytes>)"
+        )
+
+
+@attrs.frozen
+class SendExceptionContext:
+    """A record finally failed, or was cancelled at close.
+
+    Attributes:
+        record_id: The record's id.
+        topic: ``extensions["topic"]`` or ``None``.
+        url: The URL of the last attempt, or ``None`` when none was made.
+        error: The :class:`SinkError` (its ``__cause__`` is the original exception);
+            the record's Future raises this same object.
+        attempts: How many attempts were made (0 when cancelled before the first).
+        elapsed: Seconds from ``put`` to the outcome.
+        status: The HTTP status of the last response, or ``None``.
+    """
+
+    record_id: str
+    topic: str | None
+    url: str | None
+    error: SinkError
+    attempts: int
+    elapsed: float
+    status: int | None = None
+
+
+@runtime_checkable
+class SendMessageCallback(Protocol):
+    """What a record's ``callback`` must provide. Any object with these methods works.
+
+    Exactly one of the two is called per accepted record, in the thread that
+    resolved the record's Future and in the ``contextvars`` context of the
+    ``put`` call. An exception raised here is logged and counted, never
+    propagated.
+    """
+
+    def on_success(self, result: SendResult) -> None:
+        """Called once after a 2xx response."""
+
+    def on_exception(self, context: SendExceptionContext) -> None:
+        """Called once after the final failure or cancellation."""
