@@ -113,8 +113,9 @@ def map_urllib3_error(exc: BaseException, url: str) -> SinkError:
 def _reason(exc: BaseException) -> str:
     # urllib3 nests the socket error; its innermost message is the useful one.
     inner = exc.args[-1] if exc.args and isinstance(exc.args[-1], BaseException) else None
-    text = str(inner or exc)
-    return text[:300]
+    text = str(inner or exc)[:300]
+    # Garbage from a broken server must not put control characters into log lines.
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def _read_capped(read: Any, url: str, keep: int, deadline: float | None) -> tuple[bytes, bool]:
