@@ -23,6 +23,7 @@ import contextvars
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
 import typing
@@ -47,7 +48,7 @@ from .errors import (
 from .records import ConnectRecord, encode_data, encode_extensions
 from .results import SendExceptionContext, SendResult
 from .retry import RetryPolicy, RetryScheduler, parse_retry_after
-from .transport import RequestsTransport, Transport, Urllib3Transport
+from .transport import RequestsTransport, Transport, Urllib3Transport, reset_session_pools_after_fork
 
 if TYPE_CHECKING:
     import requests
@@ -565,6 +566,7 @@ def _is_requests_session(obj: object) -> TypeGuard[requests.Session]:
 def _after_fork_in_child() -> None:
     # The child starts with no threads: give every connector a fresh runtime on
     # first use, and leave the parent's records to the parent.
+    reset: set[int] = set()
     for connector in list(_CONNECTORS):
         rt = connector._rt
         if rt is not None:
@@ -573,6 +575,16 @@ def _after_fork_in_child() -> None:
         connector._state_lock = threading.Lock()
         if connector._state == _OPEN:
             connector._state = _NEW
+        # A caller's requests.Session is shared with the parent: its pools hold the parent's sockets.
+        requests_mod = sys.modules.get("requests")
+        session = connector._transport_arg
+        if (
+            requests_mod is not None
+            and isinstance(session, requests_mod.Session)
+            and id(session) not in reset
+        ):
+            reset.add(id(session))
+            reset_session_pools_after_fork(session)
 
 
 def _close_all_at_exit() -> None:

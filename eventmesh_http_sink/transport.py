@@ -332,6 +332,33 @@ class RequestsTransport:
         self._session.close()
 
 
+# Pool managers a forked child replaced: kept, never collected, so the child
+# neither closes nor reuses the parent's sockets.
+_INHERITED_POOLS: list[object] = []
+
+
+def reset_session_pools_after_fork(session: requests.Session) -> None:
+    """Give a ``requests.Session`` inherited through ``fork()`` fresh connection pools.
+
+    Its adapters' pools hold the parent's sockets; a child that used them would
+    interleave its requests with the parent's on the same connections. Each
+    ``HTTPAdapter`` gets a new pool manager built as before (subclasses that
+    customise ``init_poolmanager`` keep their settings).
+    """
+    from requests.adapters import HTTPAdapter
+
+    for adapter in session.adapters.values():
+        if isinstance(adapter, HTTPAdapter):
+            _INHERITED_POOLS.append(adapter.poolmanager)
+            _INHERITED_POOLS.append(adapter.proxy_manager)
+            adapter.init_poolmanager(
+                adapter._pool_connections,  # type: ignore[attr-defined]
+                adapter._pool_maxsize,  # type: ignore[attr-defined]
+                block=adapter._pool_block,  # type: ignore[attr-defined]
+            )
+            adapter.proxy_manager = {}
+
+
 def _map_requests_error(exc: Exception, url: str) -> SinkError:
     import requests
 
