@@ -162,7 +162,7 @@ def test_celery_prefork_delivers_2000_records_and_survives_a_killed_child(tmp_pa
         batch = [{"data": {"key": k}, "record_id": k} for k in victim_keys]
         result = app.send_task(TASK_NAME, args=[batch])
         deadline = time.monotonic() + 30
-        while not any(k and k.startswith("victim-") for k in server.keys()):
+        while not any(r.key and r.key.startswith("victim-") for r in list(server.requests)):
             assert time.monotonic() < deadline, f"the victim task never sent: {_log_tail(log)}"
             time.sleep(0.02)
         pid = client.get(f"{prefix}pid:{result.id}")
