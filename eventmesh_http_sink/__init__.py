@@ -7,6 +7,7 @@ request over a urllib3 connection pool, and every accepted record gets exactly
 one outcome.
 """
 
+from .batch import BatchDeliveryError, BatchSummary, deliver_batch, records_from_dicts
 from .config import HttpSinkConfig, RetryConfig
 from .connector import HttpSinkConnector, SinkStats
 from .errors import (
@@ -23,6 +24,7 @@ from .errors import (
     SinkClosedError,
     SinkError,
 )
+from .per_process import ProcessConnector
 from .records import ConnectRecord
 from .results import SendExceptionContext, SendMessageCallback, SendResult
 from .transport import RequestsTransport, Response, Transport, Urllib3Transport
@@ -30,6 +32,8 @@ from .transport import RequestsTransport, Response, Transport, Urllib3Transport
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchDeliveryError",
+    "BatchSummary",
     "BusinessError",
     "ConfigError",
     "ConnectRecord",
@@ -39,6 +43,7 @@ __all__ = [
     "HttpSinkConnector",
     "HttpStatusError",
     "InvalidRecordError",
+    "ProcessConnector",
     "QueueFullError",
     "ReadTimeoutError",
     "RecordEncodingError",
@@ -55,4 +60,6 @@ __all__ = [
     "Transport",
     "Urllib3Transport",
     "__version__",
+    "deliver_batch",
+    "records_from_dicts",
 ]

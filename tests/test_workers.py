@@ -215,6 +215,7 @@ def _rq_queue(client) -> Iterator[tuple]:
             with contextlib.suppress(Exception):
                 job.delete()
         _delete_keys(client, f"*{name}*")
+        client.srem("rq:queues", f"rq:queue:{name}")
 
 
 def _rq_burst(server: FaultServer, queue_name: str, tmp_path: Path, worker_class: str) -> None:
