@@ -20,9 +20,11 @@ Pools: prefork (one connector per child), solo and threads (one per worker
 process, shared by the pool's threads: the connector is thread-safe), gevent
 (one per worker; Celery monkey-patches before importing the app, so the
 connector's threads and locks become greenlets and its sockets cooperative;
-tested). eventlet works the same way in principle but is not tested: eventlet is
-deprecated upstream and its monkey-patching of ``threading`` is incomplete on
-Python 3.11+, so prefer gevent.
+tested). eventlet relies on the same monkey-patching, so the same model should
+apply, but it is not tested here (eventlet is in maintenance mode upstream, which
+advises moving off it): prefer gevent. With the threads and gevent pools, the
+end-of-task flush waits for every record pending in the process, other tasks'
+too; pass ``flush_after_task=False`` if tasks wait for their own records.
 """
 
 from __future__ import annotations

@@ -23,7 +23,9 @@ module given to ``rq worker -c`` (imported by the worker before it forks)::
 Producers enqueue ``Queue("sink").enqueue(deliver, [{"data": ..., "record_id": ...}])``.
 Each horse makes its own connector (a fresh pool per job: that is the price of
 fork-per-job); ``rq.SimpleWorker``-style workers keep one across jobs, see
-:class:`ConnectorSimpleWorker`.
+:class:`ConnectorSimpleWorker`. RQ's ``SpawnWorker`` starts each horse as a fresh
+interpreter that does not import the ``-c`` settings module: call
+:func:`configure` from a module the job imports instead.
 """
 
 from __future__ import annotations
