@@ -113,6 +113,7 @@ def test_process_connector_validates_its_arguments(server):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:.*use of fork\\(\\) may lead to deadlocks:DeprecationWarning")
 def test_process_connector_gives_a_forked_child_its_own(server):
     holder = ProcessConnector(HttpSinkConfig(server.url))
     parent = holder.get()

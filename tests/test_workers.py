@@ -256,7 +256,7 @@ def test_rq_connector_worker_flushes_what_jobs_put(redis_client, tmp_path, worke
 
     keys = [f"ff-{i}" for i in range(40)]
     with (
-        FaultServer(responder=lambda request: Reply(200, delay=0.2)) as server,
+        FaultServer(responder=lambda request: Reply(200, delay=0.5)) as server,
         _rq_queue(redis_client) as (
             queue,
             jobs,
