@@ -102,18 +102,22 @@ def _log_tail(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _celery_worker(server: FaultServer, tmp_path: Path, pool: str, concurrency: int) -> Iterator[tuple]:
+def _celery_worker(
+    server: FaultServer, tmp_path: Path, pool: str, concurrency: int, *extra: str, **env_extra: str
+) -> Iterator[tuple]:
     client = _redis()
     run = uuid.uuid4().hex[:10]
     prefix, queue = f"emhs-test-{run}:", f"emhs-test-{run}"
     broker = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
-    env = _env(EMHS_BROKER_URL=broker, EMHS_PREFIX=prefix, EMHS_QUEUE=queue, EMHS_SINK_URL=server.url)
+    env = _env(
+        EMHS_BROKER_URL=broker, EMHS_PREFIX=prefix, EMHS_QUEUE=queue, EMHS_SINK_URL=server.url, **env_extra
+    )
     from tests.worker_apps.celery_app import make_app
 
     app = make_app(broker, prefix, queue)  # the producer side: same broker, prefix and queue
     args = [sys.executable, "-m", "celery", "-A", "tests.worker_apps.celery_app", "worker"]
     args += [f"--pool={pool}", f"--concurrency={concurrency}", "-Q", queue, "-n", f"{run}@%h"]
-    args += ["--without-heartbeat", "--without-gossip", "--without-mingle", "--loglevel=WARNING"]
+    args += ["--without-heartbeat", "--without-gossip", "--without-mingle", "--loglevel=WARNING", *extra]
     log = tmp_path / f"celery-{pool}.log"
     try:
         with _process(args, env, log) as proc:
@@ -189,6 +193,27 @@ def test_celery_prefork_delivers_2000_records_and_survives_a_killed_child(tmp_pa
         assert before
         assert all(server.keys().count(k) == 2 for k in before)
         assert proc.poll() is None, "the worker itself died"
+
+
+def test_celery_prefork_child_flushes_on_its_exit_path(tmp_path):
+    # No end-of-task flush, and a child recycled after every task: what the task put
+    # is still pending when billiard's child leaves through os._exit. The
+    # worker_process_shutdown hook (billiard's on_exit, the last code before
+    # os._exit) must deliver it.
+    keys = [f"exit-{i}" for i in range(40)]
+    with (
+        FaultServer(responder=lambda request: Reply(200, delay=0.5)) as server,
+        _celery_worker(
+            server, tmp_path, "prefork", 1, "--max-tasks-per-child=1", EMHS_FLUSH_AFTER_TASK="0"
+        ) as ctx,
+    ):
+        app, _, _, _, log = ctx
+        assert app.send_task("emhs_test.fire_and_forget", args=[keys]).get(timeout=30) == len(keys)
+        deadline = time.monotonic() + 20
+        while set(keys) - server.delivered_keys() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        missing = set(keys) - server.delivered_keys()
+        assert not missing, f"{len(missing)} records lost at the child's exit: {_log_tail(log)}"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gevent") is None, reason="gevent is not installed")

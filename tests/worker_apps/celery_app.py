@@ -10,8 +10,8 @@ import os
 
 from celery import Celery, signals
 
-from eventmesh_http_sink import HttpSinkConfig
-from eventmesh_http_sink.celery import setup_celery
+from eventmesh_http_sink import ConnectRecord, HttpSinkConfig
+from eventmesh_http_sink.celery import get_connector, setup_celery
 
 
 def make_app(broker_url: str, prefix: str, queue: str) -> Celery:
@@ -42,7 +42,20 @@ app = make_app(
 )
 
 if "EMHS_SINK_URL" in os.environ:
-    deliver = setup_celery(app, HttpSinkConfig(os.environ["EMHS_SINK_URL"], max_workers=8), flush_timeout=10)
+    deliver = setup_celery(
+        app,
+        HttpSinkConfig(os.environ["EMHS_SINK_URL"], max_workers=8),
+        flush_timeout=10,
+        flush_after_task=os.environ.get("EMHS_FLUSH_AFTER_TASK", "1") == "1",
+    )
+
+    @app.task(name="emhs_test.fire_and_forget")
+    def fire_and_forget(keys: list[str]) -> int:
+        # Puts and returns without waiting: only the process's exit path can flush these.
+        connector = get_connector()
+        for key in keys:
+            connector.put(ConnectRecord({"key": key}, record_id=key))
+        return len(keys)
 
     @signals.task_prerun.connect
     def _note_pid(task_id: str, **_: object) -> None:
