@@ -84,14 +84,11 @@ def _delete_keys(client, pattern: str) -> None:
 
 def _batches(prefix: str) -> tuple[list[list[dict]], list[str]]:
     keys = [f"{prefix}-{i}" for i in range(RECORDS)]
-    batches = [
-        [
-            {"data": {"n": i, "key": k}, "extensions": {"source": "test"}, "record_id": k}
-            for i, k in enumerate(keys)
-        ][b : b + BATCH]
-        for b in range(0, RECORDS, BATCH)
+    records = [
+        {"data": {"n": i, "key": k}, "extensions": {"source": "test"}, "record_id": k}
+        for i, k in enumerate(keys)
     ]
-    return batches, keys
+    return [records[b : b + BATCH] for b in range(0, RECORDS, BATCH)], keys
 
 
 def _log_tail(path: Path) -> str:
