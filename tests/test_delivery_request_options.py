@@ -96,9 +96,9 @@ def test_bearer_token_callable_is_refreshed_after_a_401(server: FaultServer) -> 
 
 def test_a_static_bearer_token_is_not_retried_on_401(server: FaultServer) -> None:
     server.responder = lambda request: Reply(401)
-    with HttpSinkConnector(HttpSinkConfig(server.url, bearer_token="s3cret")) as sink:
-        with pytest.raises(HttpStatusError) as info:
-            sink.put(ConnectRecord({"a": 1})).result(5)
+    sink = HttpSinkConnector(HttpSinkConfig(server.url, bearer_token="s3cret"))
+    with sink, pytest.raises(HttpStatusError) as info:
+        sink.put(ConnectRecord({"a": 1})).result(5)
     assert info.value.status == 401 and len(server.requests) == 1
     assert server.requests[0].headers["authorization"] == "Bearer s3cret"
 
@@ -128,9 +128,8 @@ def test_success_when_turns_a_2xx_into_a_business_error(server: FaultServer) -> 
     cfg = HttpSinkConfig(
         server.url, success_when=lambda status, headers, body: json.loads(body)["ok"], retry=FAST_RETRY
     )
-    with HttpSinkConnector(cfg) as sink:
-        with pytest.raises(BusinessError) as info:
-            sink.put(ConnectRecord({"a": 1})).result(5)
+    with HttpSinkConnector(cfg) as sink, pytest.raises(BusinessError) as info:
+        sink.put(ConnectRecord({"a": 1})).result(5)
     assert info.value.status == 200 and len(server.requests) == 1  # not retried by default
 
 
@@ -169,14 +168,14 @@ def test_request_option_config_is_validated(kwargs: dict[str, object], field: st
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.send_response(200)
         self.send_header("Content-Length", "2")
         self.end_headers()
         self.wfile.write(b"ok")
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -214,9 +213,9 @@ def test_tls_verifies_against_ca_certs(https: str, ca: trustme.CA, tmp_path: Pat
 
 
 def test_tls_refuses_an_unknown_ca_without_retrying(https: str) -> None:
-    with HttpSinkConnector(HttpSinkConfig(https, retry=FAST_RETRY)) as sink:
-        with pytest.raises(EndpointUnavailableError, match="TLS") as info:
-            sink.put(ConnectRecord({"a": 1})).result(5)
+    sink = HttpSinkConnector(HttpSinkConfig(https, retry=FAST_RETRY))
+    with sink, pytest.raises(EndpointUnavailableError, match="TLS") as info:
+        sink.put(ConnectRecord({"a": 1})).result(5)
     assert not info.value.retryable
 
 
@@ -244,9 +243,8 @@ def test_client_certificate(ca: trustme.CA, tmp_path: Path) -> None:
         with HttpSinkConnector(HttpSinkConfig(url, ca_certs=str(bundle), client_cert=str(client))) as sink:
             assert sink.put(ConnectRecord({"a": 1})).result(5).status == 200
         cfg = HttpSinkConfig(url, ca_certs=str(bundle), retry=RetryConfig(max_retries=0))
-        with HttpSinkConnector(cfg) as sink:
-            with pytest.raises(SinkError):
-                sink.put(ConnectRecord({"a": 1})).result(5)
+        with HttpSinkConnector(cfg) as sink, pytest.raises(SinkError):
+            sink.put(ConnectRecord({"a": 1})).result(5)
     finally:
         httpd.shutdown()
         httpd.server_close()
