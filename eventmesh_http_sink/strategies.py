@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Protocol
 
-from .errors import BroadcastError, SinkError
+from .errors import BroadcastError, SinkClosedError, SinkError
 from .results import SendResult
 
 __all__ = ["BroadcastJoin", "Failover", "RoundRobin", "Strategy", "make_strategy"]
@@ -146,7 +146,15 @@ class BroadcastJoin:
         parent._attempts = self._attempts
         per_url = {url: self._status.get(url) for url in self._urls}
         outcome: SendResult | SinkError
-        if self._errors:
+        closed = [e for e in self._errors.values() if isinstance(e, SinkClosedError)]
+        if closed:
+            # close() cancelled a copy: the record was cancelled, whatever the other URLs did.
+            outcome = SinkClosedError(
+                f"connector closed before record {parent._rec.record_id} reached every URL "
+                f"(per URL: {per_url})"
+            )
+            outcome.__cause__ = closed[0]
+        elif self._errors:
             outcome = BroadcastError({u: self._errors[u] for u in self._urls if u in self._errors}, per_url)
         else:
             rec = parent._rec

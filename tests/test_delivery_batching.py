@@ -24,6 +24,7 @@ from eventmesh_http_sink import (
     RetryConfig,
     SendExceptionContext,
     SendResult,
+    SinkClosedError,
 )
 from eventmesh_http_sink.testing import FaultServer, Reply, RequestLog
 
@@ -289,3 +290,14 @@ def test_batch_excludes_header_fn_and_must_be_a_batch_config() -> None:
     with pytest.raises(ConfigError) as info:
         HttpSinkConfig("http://a/", batch={"max_records": 10})  # type: ignore[arg-type]
     assert info.value.field == "batch"
+
+
+def test_close_cancels_a_stuck_batch_once(server: FaultServer) -> None:
+    server.responder = lambda request: Reply.hang(3)
+    outcomes = Outcomes()
+    sink = HttpSinkConnector(HttpSinkConfig(server.url, batch=BatchConfig(linger=0.01), read_timeout=10))
+    futures = sink.put_all(records(6, outcomes))
+    sink.close(0.3)
+    assert all(isinstance(f.exception(0), SinkClosedError) for f in futures)
+    assert set(outcomes.calls.values()) == {1} and len(outcomes.failed) == 6
+    assert sink.stats().pending == 0

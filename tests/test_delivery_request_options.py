@@ -63,7 +63,7 @@ def test_static_headers_header_fn_and_basic_auth(server: FaultServer) -> None:
     ],
 )
 def test_header_fn_bad_values_are_refused_by_put(server: FaultServer, returned: object, match: str) -> None:
-    cfg = HttpSinkConfig(server.url, header_fn=lambda record: returned)
+    cfg = HttpSinkConfig(server.url, header_fn=lambda record: returned)  # type: ignore[arg-type,return-value]
     with HttpSinkConnector(cfg) as sink:
         with pytest.raises(InvalidRecordError, match=match) as info:
             sink.put(ConnectRecord({"a": 1}, record_id="hdr-1"))

@@ -18,6 +18,7 @@ from eventmesh_http_sink import (
     RetryConfig,
     SendExceptionContext,
     SendResult,
+    SinkClosedError,
 )
 from eventmesh_http_sink.testing import FaultServer, Reply
 
@@ -88,7 +89,7 @@ def test_broadcast_delivers_every_record_to_every_url(servers: list[FaultServer]
         results = [f.result(10) for f in futures]
     expected = {f"b{i}" for i in range(60)}
     for server in servers:
-        assert sorted(server.keys()) == sorted(expected)  # once each, on every URL
+        assert sorted(k or "" for k in server.keys()) == sorted(expected)  # once each, on every URL
     assert all(r.url is None and dict(r.per_url or {}) == dict.fromkeys(urls, 200) for r in results)
     assert outcomes.calls == collections.Counter(dict.fromkeys(expected, 1))
     assert sink.stats().succeeded == 60 and sink.stats().pending == 0
@@ -165,3 +166,17 @@ def test_strategy_config_is_validated(kwargs: dict[str, object], field: str) -> 
 def test_failover_needs_two_urls() -> None:
     with pytest.raises(ConfigError, match="delivery_strategy"):
         HttpSinkConfig("http://a/", delivery_strategy="failover")
+
+
+def test_close_cancels_a_stuck_broadcast_once(servers: list[FaultServer]) -> None:
+    servers[1].responder = lambda request: Reply.hang(3)
+    outcomes = Outcomes()
+    cfg = HttpSinkConfig([s.url for s in servers], delivery_strategy="broadcast", read_timeout=10)
+    sink = HttpSinkConnector(cfg)
+    futures = [sink.put(ConnectRecord({"i": i}, callback=outcomes, record_id=f"c{i}")) for i in range(5)]
+    sink.close(0.3)
+    for future in futures:
+        assert isinstance(future.exception(0), SinkClosedError)
+    assert outcomes.calls == collections.Counter({f"c{i}": 1 for i in range(5)})
+    stats = sink.stats()
+    assert stats.failed == 5 and stats.pending == 0 and stats.submitted == 5
