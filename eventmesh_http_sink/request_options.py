@@ -137,21 +137,20 @@ class RequestOptions:
             InvalidRecordError: naming the record, for a bad header or CloudEvent.
         """
         rid = record.record_id
-        item = b""
         if self._batching:
+            # Only the batch element is sent; auth and gzip apply to the batch request.
             if self._ce:
-                item = cloudevent_structured(record, body, dict(headers), self._config)
-            else:
-                item = batch_item(rid, body, headers.get("Content-Type", ""))
+                return body, cloudevent_structured(record, body, headers, self._config)
+            return body, batch_item(rid, body, headers.get("Content-Type", ""))
         if self._encoder is not None:
             body = self._encoder(record, body, headers)
         if self._header_fn is not None:
             self._apply_header_fn(record, headers)
         if self._basic is not None:
             headers["Authorization"] = self._basic
-        if self._gzip_min is not None and not self._batching:
+        if self._gzip_min is not None:
             body = self.compress(body, headers)
-        return body, item
+        return body, b""
 
     def _apply_header_fn(self, record: ConnectRecord, headers: dict[str, str]) -> None:
         rid = record.record_id
