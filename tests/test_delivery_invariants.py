@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextvars
 import threading
 
 import pytest
@@ -68,3 +69,31 @@ def test_one_outcome_per_record_under_random_faults(strategy: str, batch: BatchC
     finally:
         for server in servers:
             server.stop()
+
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("REQUEST_ID", default="unset")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"delivery_strategy": "broadcast"}, {"batch": BatchConfig(linger=0.005)}],
+    ids=["broadcast", "batch"],
+)
+def test_callbacks_run_in_the_callers_context(extra: dict[str, object]) -> None:
+    seen: dict[str, str] = {}
+
+    class Callback:
+        def on_success(self, result: SendResult) -> None:
+            seen[result.record_id] = REQUEST_ID.get()
+
+        def on_exception(self, context: SendExceptionContext) -> None:
+            seen[context.record_id] = "failed"
+
+    with FaultServer() as a, FaultServer() as b:
+        cfg = HttpSinkConfig([a.url, b.url], **extra)  # type: ignore[arg-type]
+        with HttpSinkConnector(cfg) as sink:
+            for i in range(5):
+                REQUEST_ID.set(f"req-{i}")
+                sink.put(ConnectRecord({"i": i}, callback=Callback(), record_id=f"r{i}"))
+            assert sink.flush(10)
+    assert seen == {f"r{i}": f"req-{i}" for i in range(5)}
