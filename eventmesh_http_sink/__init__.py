@@ -7,9 +7,12 @@ request over a urllib3 connection pool, and every accepted record gets exactly
 one outcome.
 """
 
+from .batching import BatchConfig
 from .config import HttpSinkConfig, RetryConfig
 from .connector import HttpSinkConnector, SinkStats
 from .errors import (
+    BatchRecordError,
+    BroadcastError,
     BusinessError,
     ConfigError,
     ConnectTimeoutError,
@@ -30,6 +33,9 @@ from .transport import RequestsTransport, Response, Transport, Urllib3Transport
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchConfig",
+    "BatchRecordError",
+    "BroadcastError",
     "BusinessError",
     "ConfigError",
     "ConnectRecord",
