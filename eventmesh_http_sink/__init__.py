@@ -7,10 +7,12 @@ request over a urllib3 connection pool, and every accepted record gets exactly
 one outcome.
 """
 
-from .batch import BatchDeliveryError, BatchSummary, deliver_batch, records_from_dicts
+from .batching import BatchConfig
 from .config import HttpSinkConfig, RetryConfig
 from .connector import HttpSinkConnector, SinkStats
 from .errors import (
+    BatchRecordError,
+    BroadcastError,
     BusinessError,
     ConfigError,
     ConnectTimeoutError,
@@ -28,12 +30,16 @@ from .per_process import ProcessConnector
 from .records import ConnectRecord
 from .results import SendExceptionContext, SendMessageCallback, SendResult
 from .transport import RequestsTransport, Response, Transport, Urllib3Transport
+from .worker_batch import BatchDeliveryError, BatchSummary, deliver_batch, records_from_dicts
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchConfig",
     "BatchDeliveryError",
+    "BatchRecordError",
     "BatchSummary",
+    "BroadcastError",
     "BusinessError",
     "ConfigError",
     "ConnectRecord",

@@ -33,10 +33,10 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .batch import BatchDeliveryError, BatchSummary, deliver_batch
 from .config import HttpSinkConfig
 from .connector import HttpSinkConnector
 from .per_process import ProcessConnector
+from .worker_batch import BatchDeliveryError, BatchSummary, deliver_batch
 
 if TYPE_CHECKING:
     import requests

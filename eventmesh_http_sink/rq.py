@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Any
 
 from rq.worker import SimpleWorker, Worker
 
-from .batch import BatchDeliveryError, BatchSummary, deliver_batch
 from .config import HttpSinkConfig
 from .connector import HttpSinkConnector
 from .per_process import ProcessConnector
+from .worker_batch import BatchDeliveryError, BatchSummary, deliver_batch
 
 if TYPE_CHECKING:
     import requests

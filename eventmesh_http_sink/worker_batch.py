@@ -1,4 +1,4 @@
-"""Batches of plain record dicts in, a JSON-able summary out: what worker tasks run.
+"""Batches of plain record dicts in, a JSON-able summary out: what worker tasks run (not HTTP batching).
 
 Task queues carry JSON, not :class:`ConnectRecord` objects: a batch is a list of
 ``{"data": ..., "extensions": {...}, "record_id": "..."}`` dicts. The Celery task
