@@ -277,3 +277,58 @@ def test_connector_closed_in_parent_stays_closed_in_child(server):
         return "open"
 
     assert _run_in_forked_child(child) == "closed"
+
+
+def test_child_is_not_stuck_on_a_lock_the_parent_held_at_fork(server):
+    # The parent's worker is fetching the bearer token (holding the token's lock)
+    # when the process forks: the child must fetch its own, not wait forever on a
+    # lock no thread of the child will release.
+    fetching = threading.Event()
+
+    def token_source():
+        if os.getpid() == parent_pid:
+            fetching.set()
+            time.sleep(1.0)
+        return f"token-{os.getpid()}"
+
+    parent_pid = os.getpid()
+    sink = HttpSinkConnector(HttpSinkConfig(server.url, bearer_token=token_source))
+    try:
+        first = sink.put(ConnectRecord(1, record_id="p-token"))
+        assert fetching.wait(5)
+
+        def child():
+            future = sink.put(ConnectRecord(2, record_id=f"c{os.getpid()}-token"))
+            try:
+                return future.result(timeout=5).status
+            except TimeoutError:
+                return "stuck"
+
+        assert _run_in_forked_child(child) == 200
+        assert first.result(timeout=5).status == 200
+        auth = {r.key: r.headers.get("authorization") for r in server.requests}
+        assert auth["p-token"] == f"Bearer token-{parent_pid}"
+        [child_key] = [k for k in auth if k and k.startswith("c")]
+        assert auth[child_key] != auth["p-token"]  # the child fetched its own token
+    finally:
+        sink.close(timeout=5)
+
+
+def test_child_is_not_stuck_on_the_failover_lock_held_at_fork(server):
+    # White-box: the failover strategy's lock is held by a parent thread for the
+    # instant of the fork; the child's first send must not wait on it forever.
+    sink = HttpSinkConnector(HttpSinkConfig([server.url, server.url + "b"], delivery_strategy="failover"))
+    try:
+        assert sink.put(ConnectRecord(0)).result(timeout=5).status == 200
+
+        def child():
+            try:
+                return sink.put(ConnectRecord(1, record_id=f"c{os.getpid()}-0")).result(timeout=5).status
+            except TimeoutError:
+                return "stuck"
+
+        with sink._strategy._lock:
+            outcome = _run_in_forked_child(child)
+        assert outcome == 200
+    finally:
+        sink.close(timeout=5)
