@@ -7,10 +7,13 @@ request over a urllib3 connection pool, and every accepted record gets exactly
 one outcome.
 """
 
+from .breaker import CircuitBreakerConfig
 from .config import HttpSinkConfig, RetryConfig
 from .connector import HttpSinkConnector, SinkStats
+from .dead_letter import ReplayReport, replay
 from .errors import (
     BusinessError,
+    CircuitOpenError,
     ConfigError,
     ConnectTimeoutError,
     EndpointUnavailableError,
@@ -24,6 +27,7 @@ from .errors import (
     SinkError,
 )
 from .records import ConnectRecord
+from .result_store import ResultStoreConfig
 from .results import SendExceptionContext, SendMessageCallback, SendResult
 from .transport import RequestsTransport, Response, Transport, Urllib3Transport
 
@@ -31,6 +35,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BusinessError",
+    "CircuitBreakerConfig",
+    "CircuitOpenError",
     "ConfigError",
     "ConnectRecord",
     "ConnectTimeoutError",
@@ -42,9 +48,11 @@ __all__ = [
     "QueueFullError",
     "ReadTimeoutError",
     "RecordEncodingError",
+    "ReplayReport",
     "RequestsTransport",
     "Response",
     "ResponseError",
+    "ResultStoreConfig",
     "RetryConfig",
     "SendExceptionContext",
     "SendMessageCallback",
@@ -55,4 +63,5 @@ __all__ = [
     "Transport",
     "Urllib3Transport",
     "__version__",
+    "replay",
 ]

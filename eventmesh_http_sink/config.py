@@ -7,15 +7,18 @@ naming the field, so a mistake surfaces at construction, not at the first send.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal
 
 import attrs
 from urllib3.util import parse_url
 
+from .breaker import CircuitBreakerConfig
 from .errors import ConfigError
+from .result_store import ResultStoreConfig
 
 __all__ = ["DEFAULT_SENSITIVE_HEADERS", "HttpSinkConfig", "RetryConfig", "check_header"]
 
@@ -86,6 +89,26 @@ def _one_of(*choices: str) -> Any:
 def _boolean(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, bool):
         raise ConfigError(attr.name, f"must be True or False, got {value!r}")
+
+
+def _instance(cls: type) -> Any:
+    def check(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+        if not isinstance(value, cls):
+            raise ConfigError(attr.name, f"must be a {cls.__name__}, got {type(value).__name__}")
+
+    return check
+
+
+def _dead_letter_target(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    if callable(value):
+        return
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise ConfigError(attr.name, f"must be a file path or a callable, got {value!r}")
+    directory = os.path.dirname(os.path.abspath(os.fspath(value)))
+    if not os.path.isdir(directory):
+        raise ConfigError(attr.name, f"directory {directory!r} does not exist")
+    if os.path.isdir(os.fspath(value)):
+        raise ConfigError(attr.name, f"{os.fspath(value)!r} is a directory, not a file")
 
 
 # -- converters ---------------------------------------------------------------------------
@@ -195,6 +218,16 @@ class HttpSinkConfig:
             and reprs; ``Authorization``, ``Cookie`` and the like always are.
         exit_timeout: Seconds an unclosed connector gets to finish at interpreter exit
             before its remaining records are cancelled.
+        result_store: A :class:`ResultStoreConfig` to keep each attempt's outcome
+            (``connector.export()``) and optionally serve it over HTTP.
+        dead_letter: A JSON-lines file path, or a callable taking a dict, that receives
+            every record whose final outcome is a failure.
+        dead_letter_on_close: Also dead-letter records cancelled by ``close``
+            (:class:`SinkClosedError`).
+        rate_limit: At most this many requests per second (token bucket, burst of the
+            same size), shared by all workers; records wait, they are not dropped.
+        circuit_breaker: A :class:`CircuitBreakerConfig` to stop sending to a URL
+            that keeps failing.
     """
 
     urls: tuple[str, ...] = attrs.field(converter=_to_urls)
@@ -227,6 +260,19 @@ class HttpSinkConfig:
         default=DEFAULT_SENSITIVE_HEADERS, converter=_to_lower_set, kw_only=True
     )
     exit_timeout: float = attrs.field(default=5.0, validator=_non_negative, kw_only=True)
+    # Outcome features (docs/outcomes.md); their logic lives in result_store, dead_letter,
+    # ratelimit and breaker.
+    result_store: ResultStoreConfig | None = attrs.field(
+        default=None, validator=_optional(_instance(ResultStoreConfig)), kw_only=True
+    )
+    dead_letter: str | os.PathLike[str] | Callable[[dict[str, Any]], None] | None = attrs.field(
+        default=None, validator=_optional(_dead_letter_target), kw_only=True
+    )
+    dead_letter_on_close: bool = attrs.field(default=False, validator=_boolean, kw_only=True)
+    rate_limit: float | None = attrs.field(default=None, validator=_optional(_positive), kw_only=True)
+    circuit_breaker: CircuitBreakerConfig | None = attrs.field(
+        default=None, validator=_optional(_instance(CircuitBreakerConfig)), kw_only=True
+    )
 
     @urls.validator
     def _check_urls(self, attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:

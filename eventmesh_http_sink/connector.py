@@ -44,7 +44,9 @@ from .errors import (
     SinkClosedError,
     SinkError,
 )
+from .hooks import Hooks
 from .records import ConnectRecord, encode_data, encode_extensions
+from .result_store import ResultStore
 from .results import SendExceptionContext, SendResult
 from .retry import RetryPolicy, RetryScheduler, parse_retry_after
 from .transport import RequestsTransport, Transport, Urllib3Transport
@@ -100,6 +102,14 @@ class SinkStats:
     in_flight: int
     callback_errors: int
     scheduled_retries: int
+    # Outcome features (zero when off): see hooks.py.
+    rate_limit_waits: int = 0
+    circuits_open: int = 0
+    circuit_opened: int = 0
+    circuit_waits: int = 0
+    circuit_rejected: int = 0
+    dead_lettered: int = 0
+    dead_letter_errors: int = 0
 
     def __getitem__(self, name: str) -> int:
         value: int = getattr(self, name)
@@ -124,6 +134,7 @@ class _Runtime:
         self.submitted = self.succeeded = self.failed = self.retried = 0
         self.in_flight = self.callback_errors = 0
         self.transport = transport
+        self.hooks = Hooks(cfg, connector._store, connector._resubmit)
         self.executor = ThreadPoolExecutor(cfg.max_workers, thread_name_prefix="eventmesh-http-sink")
         self.scheduler: RetryScheduler[_RecordFuture] = RetryScheduler(connector._resubmit)
         self.next_index = itertools.count().__next__  # atomic under the GIL: lock-free round robin
@@ -171,6 +182,8 @@ class HttpSinkConnector:
         self._state = _NEW
         self._state_lock = threading.Lock()
         self._rt: _Runtime | None = None
+        rs = config.result_store
+        self._store = None if rs is None else ResultStore(rs.max_size)
         _CONNECTORS.add(self)
 
     def __repr__(self) -> str:
@@ -318,6 +331,13 @@ class HttpSinkConnector:
             return  # cancelled at close while queued
         urls = self._urls
         url = urls[0] if len(urls) == 1 else urls[rt.next_index() % len(urls)]
+        if rt.hooks.active:
+            verdict = rt.hooks.gate(future, url)
+            if verdict is True:
+                return  # waiting on a timer for a rate-limit token or a closed circuit
+            if verdict is not None:
+                self._resolve(future, typing.cast(SinkError, verdict))
+                return
         future._url = url
         future._attempts += 1
         with rt.lock:
@@ -341,6 +361,7 @@ class HttpSinkConnector:
                     time.monotonic() - future._t0,
                     response.body,
                 )
+                rt.hooks.after_attempt(future._rec, future._attempts, url, response, None)
                 self._release_in_flight(rt)
                 self._resolve(future, result)
                 return
@@ -353,6 +374,7 @@ class HttpSinkConnector:
                 location=headers.get("Location") if 300 <= status < 400 else None,
                 retry_after=parse_retry_after(headers.get("Retry-After")),
             )
+        rt.hooks.after_attempt(future._rec, future._attempts, url, None, error)
         self._release_in_flight(rt)
         self._retry_or_fail(rt, future, error)
 
@@ -415,6 +437,7 @@ class HttpSinkConnector:
                     future._attempts,
                     outcome,
                 )
+            rt.hooks.on_failure(future, outcome)  # the dead letter is written before the callback runs
             future._ctx.run(future.set_exception, outcome)
         return True
 
@@ -516,6 +539,7 @@ class HttpSinkConnector:
         for future in leftovers:
             self._resolve(future, _closed_error(future))
         rt.scheduler.stop()
+        rt.hooks.close()
         if leftovers:
             # Requests still on the wire: shut their sockets so workers return now.
             rt.transport.abort()
@@ -541,7 +565,35 @@ class HttpSinkConnector:
                 rt.in_flight,
                 rt.callback_errors,
                 len(rt.scheduler),
+                **rt.hooks.stats(),
             )
+
+    def export(
+        self, page_num: int = 1, page_size: int = 10, mode: typing.Literal["peek", "poll"] = "peek"
+    ) -> dict[str, Any]:
+        """A page of the result store (EventMesh's webhook export); needs ``result_store``.
+
+        ``peek`` returns entries ``(page_num - 1) * page_size`` onwards and keeps
+        them; ``poll`` removes and returns the oldest ``page_size`` entries.
+
+        Returns:
+            ``{"pageNum", "pageSize" (items returned), "pageItems": [...]}``.
+
+        Raises:
+            RuntimeError: the config has no ``result_store``.
+            ValueError: a parameter is out of range.
+        """
+        if self._store is None:
+            raise RuntimeError("export() needs HttpSinkConfig(result_store=ResultStoreConfig(...))")
+        return self._store.export(page_num, page_size, mode)
+
+    @property
+    def export_url(self) -> str | None:
+        """The URL of the running export endpoint, or ``None`` (not configured, not started, closed)."""
+        rt = self._rt
+        if rt is None or self._state != _OPEN or rt.hooks.server is None:
+            return None
+        return rt.hooks.server.url
 
 
 def _closed_error(future: _RecordFuture, cause: BaseException | None = None) -> SinkClosedError:

@@ -14,6 +14,7 @@ from typing import Any
 
 __all__ = [
     "BusinessError",
+    "CircuitOpenError",
     "ConfigError",
     "ConnectTimeoutError",
     "EndpointUnavailableError",
@@ -156,3 +157,10 @@ class ReadTimeoutError(_TransientError, TimeoutError):
 
 class ResponseError(_TransientError):
     """The response was unreadable: reset, truncated, or not HTTP."""
+
+
+class CircuitOpenError(SinkError):
+    """The circuit breaker of the record's URL is open and ``when_open="fail"``.
+
+    The record was not sent; no attempt was made to that URL.
+    """
