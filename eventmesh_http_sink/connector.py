@@ -295,6 +295,7 @@ class HttpSinkConnector:
         if rt is None or rt.pid != os.getpid():
             rt = self._runtime()
         cfg = self.config
+        future._t0 = time.monotonic()
         with rt.lock:
             if rt.pending >= cfg.max_pending:
                 self._wait_for_room(rt, cfg)
@@ -303,7 +304,6 @@ class HttpSinkConnector:
             rt.pending += 1
             rt.submitted += 1
             rt.live.add(future)
-        future._t0 = time.monotonic()
         try:
             rt.executor.submit(self._attempt, future)
         except RuntimeError as exc:  # close() shut the executor between our check and here

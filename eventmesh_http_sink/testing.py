@@ -24,6 +24,7 @@ import itertools
 import random
 import socket
 import socketserver
+import ssl
 import struct
 import threading
 import time
@@ -141,6 +142,7 @@ class FaultServer:
         responder: The default answer maker.
         host: The address to bind (loopback by default).
         keep_log: Keep every request in :attr:`requests` (turn off for long runs).
+        ssl_context: Serve HTTPS with this server-side context.
     """
 
     def __init__(
@@ -149,7 +151,9 @@ class FaultServer:
         responder: Callable[[RequestLog], Reply] | None = None,
         host: str = "127.0.0.1",
         keep_log: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        self._ssl_context = ssl_context
         self.responder = responder
         self.keep_log = keep_log
         self.requests: list[RequestLog] = []
@@ -178,7 +182,8 @@ class FaultServer:
     @property
     def url(self) -> str:
         """``http://host:port/`` of the running server."""
-        return f"http://{self._host}:{self.port}/"
+        scheme = "https" if self._ssl_context is not None else "http"
+        return f"{scheme}://{self._host}:{self.port}/"
 
     def start(self) -> FaultServer:
         """Bind and serve in a daemon thread."""
@@ -189,6 +194,12 @@ class FaultServer:
         server.request_queue_size = 1024
         server.server_bind()
         server.server_activate()
+        if self._ssl_context is not None:
+            # The handshake runs on the connection's own thread (at its first read), so
+            # a client that rejects the certificate cannot stall the accept loop.
+            server.socket = self._ssl_context.wrap_socket(
+                server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._server = server
         self._port = server.server_address[1]
         self._thread = threading.Thread(
