@@ -92,8 +92,13 @@ class CircuitBreaker:
         self.rejected = 0  # records failed with CircuitOpenError
         self.waits = 0  # times a record was held back by an open circuit
 
-    def before(self, url: str) -> float | CircuitOpenError | None:
+    def before(self, url: str, count: bool = True) -> float | CircuitOpenError | None:
         """Decide about an attempt to ``url``.
+
+        Args:
+            url: The URL.
+            count: Count a refusal in the stats (``False`` when only looking for
+                another URL to send to).
 
         Returns:
             ``None``: send now (possibly as the half-open probe); a float: wait that
@@ -115,9 +120,9 @@ class CircuitBreaker:
             else:  # half-open, the probe is out
                 wait = _PROBE_POLL
             if self.config.when_open == "fail":
-                self.rejected += 1
+                self.rejected += count
                 return CircuitOpenError(f"circuit for {url} is {circuit.state}; record not sent", url=url)
-            self.waits += 1
+            self.waits += count
             return wait
 
     def record(self, url: str, error: SinkError | None) -> None:

@@ -332,12 +332,13 @@ class HttpSinkConnector:
         urls = self._urls
         url = urls[0] if len(urls) == 1 else urls[rt.next_index() % len(urls)]
         if rt.hooks.active:
-            verdict = rt.hooks.gate(future, url)
-            if verdict is True:
+            verdict = rt.hooks.gate(future, url, urls)
+            if verdict is None:
                 return  # waiting on a timer for a rate-limit token or a closed circuit
-            if verdict is not None:
-                self._resolve(future, typing.cast(SinkError, verdict))
+            if isinstance(verdict, SinkError):
+                self._resolve(future, verdict)
                 return
+            url = verdict  # another URL when this one's circuit is open
         future._url = url
         future._attempts += 1
         with rt.lock:

@@ -61,9 +61,14 @@ class Hooks:
         if store is not None and rs is not None and rs.serve_port is not None:
             self.server = ExportServer(store, rs)
 
-    def gate(self, future: Any, url: str) -> SinkError | bool | None:
-        """Before an attempt: ``None`` to send now, ``True`` if the record was queued
-        to wait, or an error to fail it with."""
+    def gate(self, future: Any, url: str, urls: tuple[str, ...]) -> str | SinkError | None:
+        """Before an attempt to ``url`` (chosen from ``urls``).
+
+        Returns:
+            The URL to send to now (``url``, or the next one whose circuit is not
+            open); ``None`` when the record was queued to wait; or the error to
+            fail it with.
+        """
         if self.bucket is not None:
             with self._lock:
                 holding = future in self._reserved
@@ -75,24 +80,41 @@ class Hooks:
                         self._reserved.add(future)
                         self.rate_waits += 1
                     return self._wait(wait, future)
-        if self.breaker is not None:
-            verdict = self.breaker.before(url)
-            if isinstance(verdict, CircuitOpenError):
-                return verdict
-            if verdict is not None:
-                # The retry budget bounds waiting on a circuit too, so close() cannot hang on it.
-                if time.monotonic() + verdict - future._t0 >= self.max_elapsed:
-                    return CircuitOpenError(
-                        f"circuit for {url} still open at the end of the retry budget"
-                        f" (max_elapsed={self.max_elapsed}s)",
-                        url=url,
-                    )
-                return self._wait(verdict, future)
+        if self.breaker is None:
+            return url
+        return self._circuit_gate(future, url, urls)
+
+    def _circuit_gate(self, future: Any, url: str, urls: tuple[str, ...]) -> str | SinkError | None:
+        assert self.breaker is not None  # noqa: S101 - only called with a breaker
+        verdict = self.breaker.before(url)
+        if verdict is None:
+            return url
+        other = self._other_url(url, urls) if len(urls) > 1 else None
+        if other is not None:
+            return other
+        if isinstance(verdict, CircuitOpenError):
+            return verdict
+        # The retry budget bounds waiting on a circuit too, so close() cannot hang on it.
+        if time.monotonic() + verdict - future._t0 >= self.max_elapsed:
+            return CircuitOpenError(
+                f"circuit for {url} still open at the end of the retry budget"
+                f" (max_elapsed={self.max_elapsed}s)",
+                url=url,
+            )
+        return self._wait(verdict, future)
+
+    def _other_url(self, url: str, urls: tuple[str, ...]) -> str | None:
+        # Round the open circuit: the next URL (in order) that takes requests.
+        assert self.breaker is not None  # noqa: S101 - only called with a breaker
+        start = urls.index(url)
+        for other in urls[start + 1 :] + urls[:start]:
+            if self.breaker.before(other, count=False) is None:
+                return other
         return None
 
-    def _wait(self, delay: float, future: Any) -> SinkError | bool:
+    def _wait(self, delay: float, future: Any) -> SinkError | None:
         if self.scheduler.schedule(delay, future):
-            return True
+            return None
         return SinkClosedError("the connector closed while the record waited to be sent")
 
     def after_attempt(

@@ -30,7 +30,9 @@ def read_lines(path) -> list[dict]:
 def test_failed_records_are_written_read_back_and_replayed(server, connector_factory, recorder, tmp_path):
     path = tmp_path / "failed.jsonl"
     records = [
-        ConnectRecord({"n": 1, "s": "é"}, extensions={"topic": "orders"}, timestamp=1700000000000, callback=recorder),
+        ConnectRecord(
+            {"n": 1, "s": "é"}, extensions={"topic": "orders"}, timestamp=1700000000000, callback=recorder
+        ),
         ConnectRecord("plain text", callback=recorder),
         ConnectRecord(b"\x00\xffbinary", callback=recorder),
         ConnectRecord("delivered", callback=recorder),

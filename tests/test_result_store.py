@@ -94,7 +94,13 @@ def test_export_endpoint_over_http(server, connector_factory):
 
 @pytest.mark.parametrize(
     "query",
-    ["pageSize=2", "pageNum=1", "pageNum=0&pageSize=2", "pageNum=1&pageSize=x", "pageNum=1&pageSize=2&type=eat"],
+    [
+        "pageSize=2",
+        "pageNum=1",
+        "pageNum=0&pageSize=2",
+        "pageNum=1&pageSize=x",
+        "pageNum=1&pageSize=2&type=eat",
+    ],
 )
 def test_export_endpoint_rejects_bad_parameters(server, connector_factory, query):
     sink = connector_factory(server.url, result_store=ResultStoreConfig(serve_port=0)).start()
@@ -109,7 +115,7 @@ def test_export_endpoint_other_path_and_method(server, connector_factory):
     url = sink.export_url
     assert url.endswith("/results")
     assert get(url.replace("/results", "/export") + "?pageNum=1&pageSize=1")[0] == 404
-    request = urllib.request.Request(url, data=b"{}", method="POST")
+    request = urllib.request.Request(url, data=b"{}", method="POST")  # noqa: S310
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(request, timeout=5)  # noqa: S310
     info.value.close()
@@ -134,7 +140,7 @@ def test_busy_port_is_a_config_error(server, connector_factory):
     first = connector_factory(server.url, result_store=ResultStoreConfig(serve_port=0)).start()
     port = int(first.export_url.rsplit(":", 1)[1].split("/")[0])
     second = connector_factory(server.url, result_store=ResultStoreConfig(serve_port=port))
-    with pytest.raises(ConfigError, match="result_store.serve_port"):
+    with pytest.raises(ConfigError, match=r"result_store\.serve_port"):
         second.start()
 
 
