@@ -14,6 +14,7 @@ endpoint is up and disliked the request, so they count as successes here.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -27,8 +28,9 @@ __all__ = ["CircuitBreaker", "CircuitBreakerConfig", "is_endpoint_failure"]
 
 _log = logging.getLogger("eventmesh_http_sink")
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
-# How often a record waiting behind a half-open probe looks again.
-_PROBE_POLL = 0.05
+# How often a record waiting behind a half-open probe looks again: a tenth of
+# reset_timeout within these bounds, jittered so a backlog does not come back at once.
+_PROBE_POLL_MIN, _PROBE_POLL_MAX = 0.05, 1.0
 
 
 def _positive_int(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
@@ -118,7 +120,8 @@ class CircuitBreaker:
                     return None
                 wait = remaining
             else:  # half-open, the probe is out
-                wait = _PROBE_POLL
+                poll = min(max(self.config.reset_timeout / 10, _PROBE_POLL_MIN), _PROBE_POLL_MAX)
+                wait = poll * (1 + random.random())  # noqa: S311 - jitter, not security
             if self.config.when_open == "fail":
                 self.rejected += count
                 return CircuitOpenError(f"circuit for {url} is {circuit.state}; record not sent", url=url)

@@ -102,7 +102,8 @@ class SinkStats:
     in_flight: int
     callback_errors: int
     scheduled_retries: int
-    # Outcome features (zero when off): see hooks.py.
+    # Outcome features (zero when off): see hooks.py and docs/outcomes.md.
+    waiting: int = 0
     rate_limit_waits: int = 0
     circuits_open: int = 0
     circuit_opened: int = 0

@@ -162,7 +162,7 @@ class Hooks:
 
     def stats(self) -> dict[str, int]:
         """The features' counters, as extra :class:`SinkStats` fields."""
-        out = {"rate_limit_waits": self.rate_waits}
+        out = {"waiting": len(self.scheduler), "rate_limit_waits": self.rate_waits}
         if self.breaker is not None:
             out["circuits_open"] = self.breaker.open_count()
             out["circuit_opened"] = self.breaker.opened

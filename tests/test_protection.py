@@ -108,7 +108,9 @@ def test_circuit_opens_holds_and_closes(server, connector_factory, recorder, cap
     time.sleep(0.3)
     assert len(server.requests) == 3
     assert not any(f.done() for f in futures)
-    assert sink.stats().pending == 4 and sink.stats().in_flight == 0
+    stats = sink.stats()
+    assert stats.pending == 4 and stats.in_flight == 0 and stats.waiting == 4
+    assert stats.circuit_waits >= 4
 
     # The first probe still fails: the circuit opens again for another reset_timeout.
     assert wait_until(lambda: len(server.requests) == 4, timeout=3)
