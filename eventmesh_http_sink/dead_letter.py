@@ -88,6 +88,7 @@ class DeadLetterWriter:
         else:
             self._path = os.fspath(target)
         self._file: IO[str] | None = None
+        self._closed = False
         self._lock = threading.Lock()
         self.written = 0
         self.errors = 0
@@ -103,11 +104,17 @@ class DeadLetterWriter:
                 return
             line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
             with self._lock:
-                if self._file is None:
-                    # Opened lazily, and again after close() for a record finishing late.
-                    self._file = open(self._path or "", "a", encoding="utf-8")  # noqa: SIM115
-                self._file.write(line)
-                self._file.flush()
+                if self._closed:
+                    # A record finishing after close(): write it, and leave nothing open.
+                    with open(self._path or "", "a", encoding="utf-8") as late:
+                        late.write(line)
+                        late.flush()
+                        os.fsync(late.fileno())
+                else:
+                    if self._file is None:  # opened at the first failure
+                        self._file = open(self._path or "", "a", encoding="utf-8")  # noqa: SIM115
+                    self._file.write(line)
+                    self._file.flush()
                 self.written += 1
         except Exception:
             with self._lock:
@@ -115,8 +122,9 @@ class DeadLetterWriter:
             _log.exception("writing the dead letter of record %s failed", record_id)
 
     def close(self) -> None:
-        """Fsync and close the file (a later write reopens it)."""
+        """Fsync and close the file (a later write appends and fsyncs on its own)."""
         with self._lock:
+            self._closed = True
             file, self._file = self._file, None
             if file is None:
                 return
@@ -139,12 +147,14 @@ class ReplayReport:
         succeeded: Records delivered this time.
         failed: Records that failed again (or could not be put).
         skipped: ``(line_number, reason)`` of lines that could not be parsed.
+        failed_ids: The record ids counted in ``failed``.
     """
 
     resent: int
     succeeded: int
     failed: int
     skipped: tuple[tuple[int, str], ...] = ()
+    failed_ids: tuple[str, ...] = ()
 
 
 def _record_from(entry: Any) -> ConnectRecord:
@@ -202,19 +212,19 @@ def replay(
             except (ValueError, TypeError, SinkError) as exc:  # JSONDecodeError and binascii.Error too
                 _log.warning("dead-letter file %s line %d skipped: %s", path, number, exc)
                 skipped.append((number, str(exc)))
-    futures: list[concurrent.futures.Future[Any]] = []
-    not_put = 0
+    futures: dict[concurrent.futures.Future[Any], str] = {}
     for record in records:
         try:
-            futures.append(connector.put(record))
+            futures[connector.put(record)] = record.record_id
         except SinkError as exc:
-            not_put += 1
             _log.warning("replay of record %s refused: %s", record.record_id, exc)
     done, _ = concurrent.futures.wait(futures, timeout=timeout)
-    succeeded = sum(1 for f in done if f.exception() is None)
+    delivered = {futures[f] for f in done if f.exception() is None}
+    failed_ids = tuple(r.record_id for r in records if r.record_id not in delivered)
     return ReplayReport(
         resent=len(futures),
-        succeeded=succeeded,
-        failed=len(records) - succeeded,
+        succeeded=len(delivered),
+        failed=len(failed_ids),
         skipped=tuple(skipped),
+        failed_ids=failed_ids,
     )

@@ -189,6 +189,9 @@ class ExportServer:
         )
         self._thread.start()
         _log.info("serving attempt results at %s", self.url)
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            # The endpoint has no authentication and the entries carry response bodies.
+            _log.warning("the export endpoint %s is reachable beyond loopback, unauthenticated", self.url)
 
     def close(self) -> None:
         """Stop serving and release the port."""

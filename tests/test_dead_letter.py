@@ -103,6 +103,7 @@ def test_replay_skips_bad_lines_and_counts_failures(server, tmp_path):
     with HttpSinkConnector(HttpSinkConfig(server.url)) as sink:
         report = replay(path, sink)
     assert (report.resent, report.succeeded, report.failed) == (2, 1, 1)
+    assert report.failed_ids == ("bad-1",)
     assert [number for number, _ in report.skipped] == [2, 3, 4, 7]
     assert "record_id" in report.skipped[1][1]
     assert server.delivered_keys() == {"ok-1"}
@@ -171,3 +172,23 @@ def test_dead_letter_config_is_validated(value, tmp_path):
     with pytest.raises(ConfigError) as info:
         HttpSinkConfig("http://localhost/", dead_letter_on_close=1)
     assert info.value.field == "dead_letter_on_close"
+
+
+def test_writer_fsyncs_on_close_and_late_writes_leave_nothing_open(tmp_path, monkeypatch):
+    import os
+
+    from eventmesh_http_sink.dead_letter import DeadLetterWriter
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    path = tmp_path / "w.jsonl"
+    writer = DeadLetterWriter(str(path))
+    writer.write(lambda: {"record_id": "a"}, "a")
+    assert read_lines(path) == [{"record_id": "a"}]  # flushed per line
+    writer.close()
+    assert len(synced) == 1 and writer._file is None
+    writer.write(lambda: {"record_id": "late"}, "late")  # a record finishing after close
+    assert writer._file is None and len(synced) == 2
+    assert [e["record_id"] for e in read_lines(path)] == ["a", "late"]
+    assert writer.written == 2 and writer.errors == 0
