@@ -7,11 +7,14 @@ request over a urllib3 connection pool, and every accepted record gets exactly
 one outcome.
 """
 
+from .batching import BatchConfig
 from .breaker import CircuitBreakerConfig
 from .config import HttpSinkConfig, RetryConfig
 from .connector import HttpSinkConnector, SinkStats
 from .dead_letter import ReplayReport, replay
 from .errors import (
+    BatchRecordError,
+    BroadcastError,
     BusinessError,
     CircuitOpenError,
     ConfigError,
@@ -34,6 +37,9 @@ from .transport import RequestsTransport, Response, Transport, Urllib3Transport
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchConfig",
+    "BatchRecordError",
+    "BroadcastError",
     "BusinessError",
     "CircuitBreakerConfig",
     "CircuitOpenError",

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import attrs
 from urllib3.util import parse_url
 
+from .batching import BatchConfig
 from .breaker import CircuitBreakerConfig
 from .errors import ConfigError
 from .result_store import ResultStoreConfig
@@ -86,17 +87,27 @@ def _one_of(*choices: str) -> Any:
     return check
 
 
-def _boolean(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(attr.name, f"must be True or False, got {value!r}")
-
-
-def _instance(cls: type) -> Any:
+def _instance_of(cls: type) -> Any:
     def check(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
         if not isinstance(value, cls):
             raise ConfigError(attr.name, f"must be a {cls.__name__}, got {type(value).__name__}")
 
     return check
+
+
+def _non_empty_str(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(attr.name, f"must be a non-empty str, got {value!r}")
+
+
+def _callable(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    if not callable(value):
+        raise ConfigError(attr.name, f"must be callable, got {type(value).__name__}")
+
+
+def _boolean(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(attr.name, f"must be True or False, got {value!r}")
 
 
 def _dead_letter_target(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
@@ -165,6 +176,7 @@ class RetryConfig:
         max_elapsed: The total time budget of a record, in seconds.
         retry_on_status: The HTTP statuses that are retried.
         respect_retry_after: Honour a ``Retry-After`` header (seconds or HTTP date).
+        retry_business_errors: Retry a :class:`BusinessError` (``success_when`` said no).
     """
 
     max_retries: int = attrs.field(default=3, validator=_non_negative_int)
@@ -173,6 +185,7 @@ class RetryConfig:
     max_elapsed: float = attrs.field(default=300.0, validator=_positive)
     retry_on_status: tuple[int, ...] = attrs.field(default=_DEFAULT_RETRY_STATUSES, converter=_to_statuses)
     respect_retry_after: bool = attrs.field(default=True, validator=_boolean)
+    retry_business_errors: bool = attrs.field(default=False, validator=_boolean)
 
     @retry_on_status.validator
     def _check_statuses(self, attr: attrs.Attribute[Any], value: tuple[int, ...]) -> None:
@@ -218,6 +231,22 @@ class HttpSinkConfig:
             and reprs; ``Authorization``, ``Cookie`` and the like always are.
         exit_timeout: Seconds an unclosed connector gets to finish at interpreter exit
             before its remaining records are cancelled.
+        delivery_strategy: ``"round_robin"`` (each attempt to the next URL), ``"broadcast"``
+            (every record to every URL) or ``"failover"`` (stay on a URL until it fails).
+        failover_threshold: Consecutive retryable failures that put a URL in cool-down.
+        failover_cooldown: Seconds a failing URL is skipped by ``"failover"``.
+        batch: A :class:`BatchConfig` to send many records per request; ``None`` sends one each.
+        encoding: ``"json"``, ``"cloudevents-binary"``, ``"cloudevents-structured"`` or ``"raw"``.
+        ce_source: The CloudEvents ``source`` (a record's ``extensions["source"]`` wins).
+        ce_type: The CloudEvents ``type`` (a record's ``extensions["type"]`` wins).
+        header_fn: ``fn(record) -> dict`` of extra headers per record.
+        auth: ``(user, password)`` for HTTP Basic authentication.
+        bearer_token: A token, or a callable returning one, sent as ``Authorization: Bearer``;
+            a callable is called again after a 401 before one more try.
+        compression: ``"gzip"`` to compress request bodies.
+        compress_min_bytes: Bodies smaller than this are sent uncompressed.
+        success_when: ``fn(status, headers, body) -> bool`` checked on 2xx responses; ``False``
+            fails the attempt with :class:`BusinessError`.
         result_store: A :class:`ResultStoreConfig` to keep each attempt's outcome
             (``connector.export()``) and optionally serve it over HTTP.
         dead_letter: A JSON-lines file path, or a callable taking a dict, that receives
@@ -260,10 +289,57 @@ class HttpSinkConfig:
         default=DEFAULT_SENSITIVE_HEADERS, converter=_to_lower_set, kw_only=True
     )
     exit_timeout: float = attrs.field(default=5.0, validator=_non_negative, kw_only=True)
+    # -- delivery options (see docs/delivery.md); their logic lives in strategies.py,
+    # batching.py, encoding.py and request_options.py.
+    delivery_strategy: Literal["round_robin", "broadcast", "failover"] = attrs.field(
+        default="round_robin", validator=_one_of("round_robin", "broadcast", "failover"), kw_only=True
+    )
+    failover_threshold: int = attrs.field(default=3, validator=_positive_int, kw_only=True)
+    failover_cooldown: float = attrs.field(default=30.0, validator=_non_negative, kw_only=True)
+    batch: BatchConfig | None = attrs.field(
+        default=None, validator=_optional(_instance_of(BatchConfig)), kw_only=True
+    )
+    encoding: Literal["json", "cloudevents-binary", "cloudevents-structured", "raw"] = attrs.field(
+        default="json",
+        validator=_one_of("json", "cloudevents-binary", "cloudevents-structured", "raw"),
+        kw_only=True,
+    )
+    ce_source: str | None = attrs.field(default=None, validator=_optional(_non_empty_str), kw_only=True)
+    ce_type: str | None = attrs.field(default=None, validator=_optional(_non_empty_str), kw_only=True)
+    header_fn: Callable[[Any], Mapping[str, str]] | None = attrs.field(
+        default=None, validator=_optional(_callable), kw_only=True, eq=False
+    )
+    auth: tuple[str, str] | None = attrs.field(default=None, kw_only=True)
+    bearer_token: str | Callable[[], str] | None = attrs.field(default=None, kw_only=True, eq=False)
+    compression: Literal["gzip"] | None = attrs.field(
+        default=None, validator=_optional(_one_of("gzip")), kw_only=True
+    )
+    compress_min_bytes: int = attrs.field(default=1024, validator=_non_negative_int, kw_only=True)
+    success_when: Callable[[int, Mapping[str, str], bytes], bool] | None = attrs.field(
+        default=None, validator=_optional(_callable), kw_only=True, eq=False
+    )
+
+    @auth.validator
+    def _check_auth(self, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value is None:
+            return
+        if not (isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, str) for v in value)):
+            raise ConfigError("auth", "must be a (user, password) tuple of str")
+        if ":" in value[0]:
+            raise ConfigError("auth", "the user name must not contain ':'")
+
+    @bearer_token.validator
+    def _check_bearer(self, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value is None or callable(value):
+            return
+        if not isinstance(value, str) or not value:
+            raise ConfigError("bearer_token", "must be a non-empty str or a callable returning one")
+        check_header("Authorization", f"Bearer {value}", "bearer_token")
+
     # Outcome features (docs/outcomes.md); their logic lives in result_store, dead_letter,
     # ratelimit and breaker.
     result_store: ResultStoreConfig | None = attrs.field(
-        default=None, validator=_optional(_instance(ResultStoreConfig)), kw_only=True
+        default=None, validator=_optional(_instance_of(ResultStoreConfig)), kw_only=True
     )
     dead_letter: str | os.PathLike[str] | Callable[[dict[str, Any]], None] | None = attrs.field(
         default=None, validator=_optional(_dead_letter_target), kw_only=True
@@ -271,7 +347,7 @@ class HttpSinkConfig:
     dead_letter_on_close: bool = attrs.field(default=False, validator=_boolean, kw_only=True)
     rate_limit: float | None = attrs.field(default=None, validator=_optional(_positive), kw_only=True)
     circuit_breaker: CircuitBreakerConfig | None = attrs.field(
-        default=None, validator=_optional(_instance(CircuitBreakerConfig)), kw_only=True
+        default=None, validator=_optional(_instance_of(CircuitBreakerConfig)), kw_only=True
     )
 
     @urls.validator
@@ -324,6 +400,28 @@ class HttpSinkConfig:
             )
         if self.ca_certs is not None and not self.verify:
             raise ConfigError("ca_certs", "is given but verify=False: drop one of them")
+        self._check_delivery()
+
+    def _check_delivery(self) -> None:
+        if self.encoding.startswith("cloudevents"):
+            for name in ("ce_source", "ce_type"):
+                if getattr(self, name) is None:
+                    raise ConfigError(name, f"is required with encoding={self.encoding!r}")
+        if self.auth is not None and self.bearer_token is not None:
+            raise ConfigError("auth", "and bearer_token are both given: choose one")
+        if (self.auth is not None or self.bearer_token is not None) and any(
+            k.lower() == "authorization" for k in self.headers
+        ):
+            raise ConfigError("headers", "has Authorization and auth/bearer_token is given: choose one")
+        if self.batch is not None and self.header_fn is not None:
+            raise ConfigError("header_fn", "cannot be combined with batch (one request carries many records)")
+        if self.delivery_strategy == "failover" and len(self.urls) < 2:
+            raise ConfigError("delivery_strategy", "'failover' needs at least two URLs")
+        if self.batch is not None:
+            # The gate sits in the per-record attempt; batches are sent without it.
+            for name in ("rate_limit", "circuit_breaker"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(name, "cannot be combined with batch (not supported yet)")
 
     def __repr__(self) -> str:
         # Header values may be credentials: the repr must be safe to log.
@@ -332,6 +430,8 @@ class HttpSinkConfig:
             value = getattr(self, f.name)
             if f.name == "headers":
                 value = {k: self.redact(k, v) for k, v in value.items()}
+            elif f.name in ("auth", "bearer_token") and value is not None:
+                value = "***"
             parts.append(f"{f.name}={value!r}")
         return f"HttpSinkConfig({', '.join(parts)})"
 

@@ -34,7 +34,9 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 import attrs
 
+from .batching import Batcher
 from .config import HttpSinkConfig
+from .delivery import DeliveryMixin
 from .errors import (
     ConfigError,
     HttpStatusError,
@@ -46,9 +48,11 @@ from .errors import (
 )
 from .hooks import Hooks
 from .records import ConnectRecord, encode_data, encode_extensions
+from .request_options import RequestOptions
 from .result_store import ResultStore
 from .results import SendExceptionContext, SendResult
 from .retry import RetryPolicy, RetryScheduler, parse_retry_after
+from .strategies import make_strategy
 from .transport import RequestsTransport, Transport, Urllib3Transport
 
 if TYPE_CHECKING:
@@ -71,6 +75,10 @@ class _RecordFuture(Future[SendResult]):
     One object per record instead of a Future plus a side record keeps the
     hot path to a single allocation of our own.
     """
+
+    _pin: str | None = None  # broadcast: the one URL this copy goes to
+    _hop = 0  # failover: the index of the URL to try first
+    _item = b""  # batching: the record's element of a batch body
 
     def __init__(
         self, record: ConnectRecord, body: bytes, headers: dict[str, str], context: contextvars.Context
@@ -139,6 +147,7 @@ class _Runtime:
         self.executor = ThreadPoolExecutor(cfg.max_workers, thread_name_prefix="eventmesh-http-sink")
         self.scheduler: RetryScheduler[_RecordFuture] = RetryScheduler(connector._resubmit)
         self.next_index = itertools.count().__next__  # atomic under the GIL: lock-free round robin
+        self.batcher = Batcher(cfg.batch, connector._send_batch) if cfg.batch is not None else None
 
 
 # Every connector, weakly: for the fork hook and the interpreter-exit hook.
@@ -149,7 +158,7 @@ _CONNECTORS: weakref.WeakSet[HttpSinkConnector] = weakref.WeakSet()
 _INHERITED: list[_Runtime] = []
 
 
-class HttpSinkConnector:
+class HttpSinkConnector(DeliveryMixin):
     """Delivers :class:`ConnectRecord` objects to HTTP endpoints from synchronous code.
 
     ``put`` returns a :class:`concurrent.futures.Future` at once; a bounded
@@ -180,6 +189,10 @@ class HttpSinkConnector:
         self._base_headers = {"User-Agent": _USER_AGENT, **config.headers}
         if not config.keep_alive:
             self._base_headers["Connection"] = "close"
+        self._strategy = make_strategy(
+            config.urls, config.delivery_strategy, config.failover_threshold, config.failover_cooldown
+        )
+        self._opts = RequestOptions(config)
         self._state = _NEW
         self._state_lock = threading.Lock()
         self._rt: _Runtime | None = None
@@ -284,7 +297,11 @@ class HttpSinkConnector:
         extension = encode_extensions(record)
         if extension is not None:
             headers["extension"] = extension
+        item = b""
+        if self._opts.active:
+            body, item = self._opts.prepare(record, body, headers)
         future = _RecordFuture(record, body, headers, contextvars.copy_context())
+        future._item = item
         # Our futures never enter CANCELLED: a record that is not delivered is
         # reported through on_exception(SinkClosedError), like any failure.
         future.set_running_or_notify_cancel()
@@ -305,10 +322,7 @@ class HttpSinkConnector:
             rt.pending += 1
             rt.submitted += 1
             rt.live.add(future)
-        try:
-            rt.executor.submit(self._attempt, future)
-        except RuntimeError as exc:  # close() shut the executor between our check and here
-            self._resolve(future, _closed_error(future, exc))
+        self._dispatch(rt, future)  # never raises: a closed executor resolves the record
 
     def _wait_for_room(self, rt: _Runtime, cfg: HttpSinkConfig) -> None:
         # Called with rt.lock held.
@@ -330,22 +344,24 @@ class HttpSinkConnector:
         rt = self._rt
         if rt is None or future.done():
             return  # cancelled at close while queued
-        urls = self._urls
-        url = urls[0] if len(urls) == 1 else urls[rt.next_index() % len(urls)]
+        url = self._strategy.choose(future, rt.next_index)
         if rt.hooks.active:
-            verdict = rt.hooks.gate(future, url, urls)
+            verdict = rt.hooks.gate(future, url, self._urls)
             if verdict is None:
                 return  # waiting on a timer for a rate-limit token or a closed circuit
             if isinstance(verdict, SinkError):
                 self._resolve(future, verdict)
                 return
-            url = verdict  # another URL when this one's circuit is open
+            url = verdict  # round robin: another URL when this one's circuit is open
         future._url = url
         future._attempts += 1
         with rt.lock:
             rt.in_flight += 1
         try:
-            response = rt.transport.send(self._method, url, future._body, future._hdrs)
+            if self._opts.passthrough:
+                response = rt.transport.send(self._method, url, future._body, future._hdrs)
+            else:
+                response = self._opts.send(rt.transport, self._method, url, future._body, future._hdrs)
         except SinkError as exc:
             error = exc
         except Exception as exc:  # a transport bug must not lose the record's outcome
@@ -365,6 +381,7 @@ class HttpSinkConnector:
                 )
                 rt.hooks.after_attempt(future._rec, future._attempts, url, response, None)
                 self._release_in_flight(rt)
+                self._strategy.report(future, url, None, False)
                 self._resolve(future, result)
                 return
             headers = response.headers
@@ -378,6 +395,7 @@ class HttpSinkConnector:
             )
         rt.hooks.after_attempt(future._rec, future._attempts, url, None, error)
         self._release_in_flight(rt)
+        self._strategy.report(future, url, error, self._policy.is_retryable(error))
         self._retry_or_fail(rt, future, error)
 
     @staticmethod
@@ -408,12 +426,10 @@ class HttpSinkConnector:
         if future.done():
             return
         rt = self._rt
-        try:
-            if rt is None:
-                raise RuntimeError("no runtime")
-            rt.executor.submit(self._attempt, future)
-        except RuntimeError as exc:
-            self._resolve(future, _closed_error(future, exc))
+        if rt is None:
+            self._resolve(future, _closed_error(future, RuntimeError("no runtime")))
+            return
+        self._send_unit(rt, future)  # to a worker, or back into its URL's batch
 
     # -- outcomes ----------------------------------------------------------------------------
 
@@ -504,6 +520,7 @@ class HttpSinkConnector:
         rt = self._rt
         if rt is None or rt.pid != os.getpid():
             return True
+        self._drain_batches(rt)
         deadline = None if timeout is None else time.monotonic() + timeout
         with rt.lock:
             while rt.pending:
@@ -541,6 +558,8 @@ class HttpSinkConnector:
         for future in leftovers:
             self._resolve(future, _closed_error(future))
         rt.scheduler.stop()
+        if rt.batcher is not None:
+            rt.batcher.stop()  # its records were among the leftovers
         rt.hooks.close()
         if leftovers:
             # Requests still on the wire: shut their sockets so workers return now.

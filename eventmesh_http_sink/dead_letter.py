@@ -7,7 +7,8 @@ Each failed record becomes one line::
      "error": "HTTP 503 ...", "status": 503 | null, "attempts": 4, "url": "...",
      "failed_at": "2026-01-01T00:00:00.000+00:00"}
 
-``data`` is what was sent: the JSON value, the text, or the bytes in base64.
+``data`` is the record's data as the sink encodes it: the JSON value, the text, or
+the bytes in base64.
 Headers are never written, so credentials never reach the file.
 :func:`replay` sends such a file again through a connector, keeping each
 record's ``record_id`` and so its ``Idempotency-Key``.
@@ -28,7 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 import attrs
 
 from .errors import SinkError
-from .records import BYTES_CONTENT_TYPE, JSON_CONTENT_TYPE, ConnectRecord
+from .records import BYTES_CONTENT_TYPE, JSON_CONTENT_TYPE, ConnectRecord, encode_data
 
 if TYPE_CHECKING:
     from .connector import HttpSinkConnector
@@ -40,14 +41,13 @@ _log = logging.getLogger("eventmesh_http_sink")
 DeadLetterSink = Callable[[dict[str, Any]], None]
 
 
-def dead_letter_entry(
-    record: ConnectRecord,
-    body: bytes,
-    content_type: str,
-    error: SinkError,
-    attempts: int,
-) -> dict[str, Any]:
-    """The JSON-ready dead-letter entry of a failed record (no headers, so no secrets)."""
+def dead_letter_entry(record: ConnectRecord, error: SinkError, attempts: int) -> dict[str, Any]:
+    """The JSON-ready dead-letter entry of a failed record (no headers, so no secrets).
+
+    ``data`` is the record's own data (before any CloudEvents encoding, compression or
+    batching), so :func:`replay` puts back the record that was put.
+    """
+    body, content_type = encode_data(record)
     if content_type == BYTES_CONTENT_TYPE:
         data: Any = base64.b64encode(body).decode("ascii")
         encoding = "base64"

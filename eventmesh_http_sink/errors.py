@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "BatchRecordError",
+    "BroadcastError",
     "BusinessError",
     "CircuitOpenError",
     "ConfigError",
@@ -137,6 +139,27 @@ class HttpStatusError(SinkError):
 
 class BusinessError(SinkError):
     """A 2xx response whose content the ``success_when`` predicate rejected."""
+
+
+class BroadcastError(SinkError):
+    """A broadcast record failed on at least one URL.
+
+    Attributes:
+        errors: Each failed URL and its final error.
+        per_url: Each URL's last HTTP status (``None`` where no response was read).
+    """
+
+    def __init__(self, errors: dict[str, SinkError], per_url: dict[str, int | None]) -> None:
+        detail = "; ".join(f"{url}: {err}" for url, err in errors.items())
+        super().__init__(f"broadcast failed on {len(errors)} of {len(per_url)} URL(s): {detail}")
+        self.errors = errors
+        self.per_url = per_url
+
+
+class BatchRecordError(SinkError):
+    """The batch's ``result_parser`` reported this record as failed; retried on its own."""
+
+    retryable = True
 
 
 class _TransientError(SinkError):

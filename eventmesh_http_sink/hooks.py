@@ -23,7 +23,7 @@ from typing import Any
 from .breaker import CircuitBreaker
 from .config import HttpSinkConfig
 from .dead_letter import DeadLetterWriter, dead_letter_entry
-from .errors import CircuitOpenError, HttpStatusError, SinkClosedError, SinkError
+from .errors import CircuitOpenError, SinkClosedError, SinkError
 from .ratelimit import TokenBucket
 from .records import ConnectRecord
 from .result_store import ExportServer, ResultStore
@@ -51,6 +51,9 @@ class Hooks:
         self.dead_letter = None if config.dead_letter is None else DeadLetterWriter(config.dead_letter)
         self.dead_letter_on_close = config.dead_letter_on_close
         self.max_elapsed = config.retry.max_elapsed
+        # Only round robin may send a record elsewhere: broadcast copies are pinned to
+        # their URL, and failover keeps its own order.
+        self.reroute = config.delivery_strategy == "round_robin"
         self.active = bool(self.bucket or self.breaker)
         self._lock = threading.Lock()
         self._reserved: set[Any] = set()  # records holding a rate-limit token they waited for
@@ -89,7 +92,7 @@ class Hooks:
         verdict = self.breaker.before(url)
         if verdict is None:
             return url
-        other = self._other_url(url, urls) if len(urls) > 1 else None
+        other = self._other_url(url, urls) if self.reroute and len(urls) > 1 else None
         if other is not None:
             return other
         if isinstance(verdict, CircuitOpenError):
@@ -135,8 +138,8 @@ class Hooks:
             status: int | None = response.status
             message = response.reason or "OK"
             body: bytes | None = response.body
-        elif isinstance(error, HttpStatusError):
-            status, message, body = error.status, str(error), error.body
+        elif error is not None and error.status is not None:  # HttpStatusError, BusinessError
+            status, message, body = error.status, str(error), getattr(error, "body", None)
         else:
             status, message, body = None, f"{type(error).__name__}: {error}", None
         store.add_attempt(
@@ -153,12 +156,9 @@ class Hooks:
         writer = self.dead_letter
         if writer is None or (isinstance(error, SinkClosedError) and not self.dead_letter_on_close):
             return
-        writer.write(
-            lambda: dead_letter_entry(
-                future._rec, future._body, future._hdrs.get("Content-Type", ""), error, future._attempts
-            ),
-            future._rec.record_id,
-        )
+        if future._pin is not None:
+            return  # a broadcast copy: the record's own outcome is written once, by its join
+        writer.write(lambda: dead_letter_entry(future._rec, error, future._attempts), future._rec.record_id)
 
     def stats(self) -> dict[str, int]:
         """The features' counters, as extra :class:`SinkStats` fields."""

@@ -27,7 +27,7 @@ JSON_CONTENT_TYPE = "application/json"
 TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 BYTES_CONTENT_TYPE = "application/octet-stream"
 
-_FORBIDDEN_IN_ID = frozenset("\r\n\0")
+_CONTROL = frozenset("\r\n\0")
 
 
 def _new_record_id() -> str:
@@ -38,7 +38,7 @@ def _check_record_id(inst: ConnectRecord, attr: attrs.Attribute[str], value: str
     # The id travels as the Idempotency-Key header, so it must be a clean header value.
     if not isinstance(value, str) or not value:
         raise InvalidRecordError(None, f"record_id must be a non-empty str, got {value!r}")
-    if not _FORBIDDEN_IN_ID.isdisjoint(value) or not value.isascii() or not value.isprintable():
+    if not _CONTROL.isdisjoint(value) or not value.isascii() or not value.isprintable():
         raise InvalidRecordError(value, "record_id must be printable ASCII without CR/LF")
 
 
@@ -137,12 +137,21 @@ def encode_data(record: ConnectRecord) -> tuple[bytes, str]:
 def encode_extensions(record: ConnectRecord) -> str | None:
     """Return the ``extension`` header value (compact ASCII JSON), or ``None`` when empty.
 
-    ``ensure_ascii`` escapes CR, LF and every non-ASCII character, so the value can
-    never split or corrupt the header block.
+    ``ensure_ascii`` escapes every non-ASCII character, so the value is always a
+    valid header; CR, LF and NUL in keys or string values are refused outright.
+
+    Raises:
+        InvalidRecordError: an extension key or value contains CR, LF or NUL.
+        RecordEncodingError: the extensions are not JSON-serialisable.
     """
     ext = record.extensions
     if not ext:
         return None
+    for key, value in ext.items():
+        # Escaped JSON could carry them safely, but a receiver that copies extensions
+        # into headers (or the CloudEvents binary mode) could not: refuse them early.
+        if not _CONTROL.isdisjoint(key) or (isinstance(value, str) and not _CONTROL.isdisjoint(value)):
+            raise InvalidRecordError(record.record_id, f"extension {key!r} contains CR, LF or NUL")
     try:
         return json.dumps(ext, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:

@@ -57,7 +57,8 @@ def test_soak_is_flat():
                     sink.put(ConnectRecord({"n": sent, "pad": "x" * 100}, callback=callback))
                     sent += 1
                 if now >= next_report:
-                    sample = (now - started, _rss_mb(), threading.active_count(), len(os.listdir("/proc/self/fd")))
+                    fds = len(os.listdir("/proc/self/fd"))
+                    sample = (now - started, _rss_mb(), threading.active_count(), fds)
                     samples.append(sample)
                     print(f"t={sample[0]:6.1f}s rss={sample[1]:7.1f}MB threads={sample[2]} fds={sample[3]} "
                           f"ok={outcomes['ok']} failed={outcomes['failed']} stats={sink.stats().as_dict()}",

@@ -1,0 +1,171 @@
+"""Which URL an attempt goes to: round robin, failover with cool-down, broadcast.
+
+A strategy answers :meth:`choose` before each attempt and hears the attempt's
+outcome in :meth:`report`. Broadcast pins one copy of the record to each URL
+(``unit._pin``) and :class:`BroadcastJoin` turns the copies' outcomes into the
+record's single outcome.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import typing
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, Protocol
+
+from .errors import BroadcastError, SinkClosedError, SinkError
+from .results import SendResult
+
+__all__ = ["BroadcastJoin", "Failover", "RoundRobin", "Strategy", "make_strategy"]
+
+
+class Strategy(Protocol):
+    """Chooses the URL of each attempt."""
+
+    def choose(self, unit: Any, next_index: Callable[[], int]) -> str:
+        """The URL of ``unit``'s next attempt (``unit._pin`` wins when set)."""
+
+    def report(self, unit: Any, url: str, error: SinkError | None, retryable: bool) -> None:
+        """Hear how the attempt on ``url`` went (``error`` is ``None`` on success)."""
+
+
+class RoundRobin:
+    """Each attempt goes to the next URL; the shared counter is lock-free."""
+
+    def __init__(self, urls: tuple[str, ...]) -> None:
+        self._urls = urls
+        self._n = len(urls)
+
+    def choose(self, unit: Any, next_index: Callable[[], int]) -> str:
+        """See :class:`Strategy`."""
+        pin: str | None = unit._pin
+        if pin is not None:
+            return pin
+        return self._urls[0] if self._n == 1 else self._urls[next_index() % self._n]
+
+    def report(self, unit: Any, url: str, error: SinkError | None, retryable: bool) -> None:
+        """Round robin keeps no state per URL."""
+
+
+class Failover:
+    """Stay on the first healthy URL; a retryable failure moves the record on.
+
+    A URL with ``threshold`` consecutive retryable failures is skipped for
+    ``cooldown`` seconds, then tried again. When every URL is cooling down the
+    record's own next URL is tried anyway: failing over must not stop delivery.
+    """
+
+    def __init__(self, urls: tuple[str, ...], threshold: int, cooldown: float) -> None:
+        self._urls = urls
+        self._index = {url: i for i, url in enumerate(urls)}
+        self._threshold = threshold
+        self._cooldown = cooldown
+        self._fails = [0] * len(urls)
+        self._until = [0.0] * len(urls)
+        self._lock = threading.Lock()
+
+    def choose(self, unit: Any, next_index: Callable[[], int]) -> str:
+        """See :class:`Strategy`."""
+        pin: str | None = unit._pin
+        if pin is not None:
+            return pin
+        n = len(self._urls)
+        start: int = unit._hop
+        now = time.monotonic()
+        until = self._until
+        for i in range(n):
+            idx = (start + i) % n
+            if until[idx] <= now:
+                return self._urls[idx]
+        return self._urls[start % n]
+
+    def report(self, unit: Any, url: str, error: SinkError | None, retryable: bool) -> None:
+        """Count consecutive failures per URL; start a cool-down at the threshold."""
+        idx = self._index.get(url)
+        if idx is None:
+            return
+        with self._lock:
+            if error is None:
+                self._fails[idx] = 0
+                return
+            if not retryable:
+                return  # the record is at fault, not the endpoint
+            self._fails[idx] += 1
+            if self._fails[idx] >= self._threshold:
+                self._fails[idx] = 0
+                self._until[idx] = time.monotonic() + self._cooldown
+        unit._hop = idx + 1
+
+
+def make_strategy(urls: tuple[str, ...], name: str, threshold: int, cooldown: float) -> Strategy:
+    """The strategy for ``HttpSinkConfig.delivery_strategy`` (broadcast pins every unit)."""
+    if name == "failover":
+        return Failover(urls, threshold, cooldown)
+    return RoundRobin(urls)
+
+
+class BroadcastJoin:
+    """Collects one record's per-URL outcomes; resolves the record after the last.
+
+    Args:
+        parent: The record's Future.
+        urls: The URLs it is sent to.
+        resolve: ``resolve(parent, outcome)``, the connector's once-only resolver.
+    """
+
+    def __init__(
+        self, parent: Any, urls: tuple[str, ...], resolve: Callable[[Any, SendResult | SinkError], Any]
+    ) -> None:
+        self._parent = parent
+        self._urls = urls
+        self._resolve = resolve
+        self._lock = threading.Lock()
+        self._left = len(urls)
+        self._status: dict[str, int | None] = {}
+        self._errors: dict[str, SinkError] = {}
+        self._attempts = 0
+
+    def child_done(self, child: Future[SendResult]) -> None:
+        """The done-callback of each per-URL copy."""
+        url: str = child._pin  # type: ignore[attr-defined]
+        error = child.exception()
+        with self._lock:
+            self._attempts = max(self._attempts, child._attempts)  # type: ignore[attr-defined]
+            if error is None:
+                self._status[url] = child.result().status
+            else:
+                err = typing.cast(SinkError, error)
+                self._status[url] = err.status
+                self._errors[url] = err
+            self._left -= 1
+            if self._left:
+                return
+        parent = self._parent
+        parent._attempts = self._attempts
+        per_url = {url: self._status.get(url) for url in self._urls}
+        outcome: SendResult | SinkError
+        closed = [e for e in self._errors.values() if isinstance(e, SinkClosedError)]
+        if closed:
+            # close() cancelled a copy: the record was cancelled, whatever the other URLs did.
+            outcome = SinkClosedError(
+                f"connector closed before record {parent._rec.record_id} reached every URL "
+                f"(per URL: {per_url})"
+            )
+            outcome.__cause__ = closed[0]
+        elif self._errors:
+            outcome = BroadcastError({u: self._errors[u] for u in self._urls if u in self._errors}, per_url)
+        else:
+            rec = parent._rec
+            outcome = SendResult(
+                rec.record_id,
+                rec.topic,
+                None,
+                max(s or 0 for s in per_url.values()),
+                self._attempts,
+                time.monotonic() - parent._t0,
+                b"",
+                {u: s or 0 for u, s in per_url.items()},
+            )
+        self._resolve(parent, outcome)
