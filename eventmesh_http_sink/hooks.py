@@ -173,13 +173,11 @@ class Hooks:
             out["dead_letter_errors"] = self.dead_letter.errors
         return out
 
-    def stop_waiting(self) -> list[Any]:
-        """Stop the wait timer; return the records still waiting (close resolves them)."""
-        return self.scheduler.stop()
-
     def close(self) -> None:
         """Stop the export server and fsync the dead-letter file."""
         self.scheduler.stop()
+        with self._lock:
+            self._reserved.clear()  # close() resolved the records still holding tokens
         if self.server is not None:
             self.server.close()
         if self.dead_letter is not None:
