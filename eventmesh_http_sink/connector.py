@@ -27,7 +27,7 @@ import threading
 import time
 import typing
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeGuard
@@ -44,6 +44,7 @@ from .errors import (
     SinkClosedError,
     SinkError,
 )
+from .metrics import HistogramSnapshot, Metrics, UrlStats
 from .records import ConnectRecord, encode_data, encode_extensions
 from .results import SendExceptionContext, SendResult
 from .retry import RetryPolicy, RetryScheduler, parse_retry_after
@@ -89,7 +90,20 @@ class _RecordFuture(Future[SendResult]):
 class SinkStats:
     """A snapshot of a connector's counters (also readable as ``stats["name"]``).
 
-    ``submitted == succeeded + failed + pending`` holds in every snapshot.
+    ``submitted == succeeded + failed + pending`` holds in every snapshot. The
+    detail fields after ``scheduled_retries`` come from :mod:`.metrics`, read
+    just after the counters, so they may lag them by an outcome in progress.
+
+    Attributes:
+        per_url: URL -> :class:`UrlStats` (final outcomes by the URL of the last
+            attempt, and retries by the URL that failed).
+        retries_by_cause: ``http_503``, ``ResponseError``... -> retries scheduled.
+        failures_by_kind: The same labels -> records that finally failed.
+        latency_p50: Median seconds from ``put`` to outcome (``None`` before any).
+        latency_p95: 95th percentile, in seconds.
+        latency_p99: 99th percentile, in seconds.
+        latency: The bounded latency histogram behind the percentiles.
+        breaker: Circuit-breaker state per URL (filled where the breaker exists).
     """
 
     submitted: int
@@ -100,13 +114,20 @@ class SinkStats:
     in_flight: int
     callback_errors: int
     scheduled_retries: int
+    per_url: Mapping[str, UrlStats] = attrs.field(factory=dict)
+    retries_by_cause: Mapping[str, int] = attrs.field(factory=dict)
+    failures_by_kind: Mapping[str, int] = attrs.field(factory=dict)
+    latency_p50: float | None = None
+    latency_p95: float | None = None
+    latency_p99: float | None = None
+    latency: HistogramSnapshot = attrs.field(factory=HistogramSnapshot)
+    breaker: Mapping[str, str] = attrs.field(factory=dict)  # reserved for the circuit breaker
 
-    def __getitem__(self, name: str) -> int:
-        value: int = getattr(self, name)
-        return value
+    def __getitem__(self, name: str) -> Any:
+        return getattr(self, name)
 
-    def as_dict(self) -> dict[str, int]:
-        """The snapshot as a plain dict."""
+    def as_dict(self) -> dict[str, Any]:
+        """The snapshot as a plain dict (nested values as dicts too)."""
         return attrs.asdict(self)
 
 
@@ -127,6 +148,7 @@ class _Runtime:
         self.executor = ThreadPoolExecutor(cfg.max_workers, thread_name_prefix="eventmesh-http-sink")
         self.scheduler: RetryScheduler[_RecordFuture] = RetryScheduler(connector._resubmit)
         self.next_index = itertools.count().__next__  # atomic under the GIL: lock-free round robin
+        self.metrics = Metrics()
 
 
 # Every connector, weakly: for the fork hook and the interpreter-exit hook.
@@ -369,6 +391,7 @@ class HttpSinkConnector:
         if wait is not None and not future.done() and rt.scheduler.schedule(wait, future):
             with rt.lock:
                 rt.retried += 1
+            rt.metrics.retry(future._url, error)
             _log.debug(
                 "record %s: attempt %d failed (%s); retrying in %.3fs",
                 future._rec.record_id,
@@ -403,6 +426,7 @@ class HttpSinkConnector:
                 return False
             rt.live.remove(future)
         future._elapsed = time.monotonic() - future._t0
+        rt.metrics.outcome(future._url, future._elapsed, None if isinstance(outcome, SendResult) else outcome)
         if isinstance(outcome, SendResult):
             future._ctx.run(future.set_result, outcome)
         else:
@@ -532,7 +556,7 @@ class HttpSinkConnector:
         if rt is None or rt.pid != os.getpid():
             return SinkStats(0, 0, 0, 0, 0, 0, 0, 0)
         with rt.lock:
-            return SinkStats(
+            counters = (
                 rt.submitted,
                 rt.succeeded,
                 rt.failed,
@@ -542,6 +566,17 @@ class HttpSinkConnector:
                 rt.callback_errors,
                 len(rt.scheduler),
             )
+        per_url, retries, failures, latency = rt.metrics.snapshot()
+        return SinkStats(
+            *counters,
+            per_url=per_url,
+            retries_by_cause=retries,
+            failures_by_kind=failures,
+            latency_p50=latency.percentile(0.50),
+            latency_p95=latency.percentile(0.95),
+            latency_p99=latency.percentile(0.99),
+            latency=latency,
+        )
 
 
 def _closed_error(future: _RecordFuture, cause: BaseException | None = None) -> SinkClosedError:
