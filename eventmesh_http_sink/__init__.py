@@ -23,6 +23,7 @@ from .errors import (
     SinkClosedError,
     SinkError,
 )
+from .metrics import HistogramSnapshot, UrlStats
 from .records import ConnectRecord
 from .results import SendExceptionContext, SendMessageCallback, SendResult
 from .transport import RequestsTransport, Response, Transport, Urllib3Transport
@@ -37,6 +38,7 @@ __all__ = [
     "EndpointUnavailableError",
     "HttpSinkConfig",
     "HttpSinkConnector",
+    "HistogramSnapshot",
     "HttpStatusError",
     "InvalidRecordError",
     "QueueFullError",
@@ -53,6 +55,7 @@ __all__ = [
     "SinkError",
     "SinkStats",
     "Transport",
+    "UrlStats",
     "Urllib3Transport",
     "__version__",
 ]

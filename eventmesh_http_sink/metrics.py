@@ -68,7 +68,7 @@ class HistogramSnapshot:
         seen = 0
         for i, n in enumerate(self.counts[:-1]):
             seen += n
-            if i % every == every - 1:
+            if i % every == 0:
                 out.append((self.bounds[i], seen))
         out.append((math.inf, self.count))
         return out
