@@ -175,9 +175,10 @@ def test_bearer_token_sent_never_printed(server: FaultServer, tmp_path: Path) ->
     src = write_jsonl(tmp_path / "in.jsonl", records(2))
     server.plan("r1", *[Reply(401)] * 4)
     env = _env(EMHS_TOKEN="s3cr3t-token")
+    args = ["send", server.url, str(src), "-vv", "--bearer-token-env", "EMHS_TOKEN"]
+    args += ["--header", "X-Trace: abc"]
     proc = subprocess.run(
-        [sys.executable, "-m", "eventmesh_http_sink", "send", server.url, str(src), "-vv"]
-        + ["--bearer-token-env", "EMHS_TOKEN", "--header", "X-Trace: abc"],
+        [sys.executable, "-m", "eventmesh_http_sink", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
