@@ -595,14 +595,16 @@ def _version() -> str:
     return __version__
 
 
-def _configure_logging(verbose: int) -> None:
+def _configure_logging(verbose: int) -> tuple[logging.Handler, int]:
     # The library adds no handler; the command shows errors, and more with -v.
     level = logging.ERROR if verbose <= 0 else logging.WARNING if verbose == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("eventmesh_http_sink")
-    root.addHandler(handler)
-    root.setLevel(level)
+    logger = logging.getLogger("eventmesh_http_sink")
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    return handler, previous
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -618,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    _configure_logging(getattr(args, "verbose", 0))
+    handler, previous_level = _configure_logging(getattr(args, "verbose", 0))
     try:
         code: int = args.func(args)
     except UsageError as exc:
@@ -629,4 +631,9 @@ def main(argv: list[str] | None = None) -> int:
     except SinkError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return 2
+    finally:
+        # main() may run in-process (tests, embedding): leave logging as we found it.
+        logger = logging.getLogger("eventmesh_http_sink")
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
     return code
