@@ -302,7 +302,11 @@ def _deliver(
         rejects.close()
     st = connector.stats()
     if st.failed:
-        went = f"dead-letter file {args.dead_letter}" if args.dead_letter else "only this summary"
+        went = (
+            f"dead-letter file {args.dead_letter}"
+            if args.dead_letter
+            else f"this summary only (first {tracker.failures.limit} listed)"
+        )
     else:
         went = "-"
     summary = Summary(
@@ -470,7 +474,7 @@ _POISON = "demo-poison-record"
 def cmd_demo(args: argparse.Namespace) -> int:
     faults = RandomFaults(
         args.fail_rate,
-        0.0,
+        args.latency_ms / 1000.0,
         seed=7,
         faults=(Reply(503, headers={"Retry-After": "0"}), Reply.reset()),
     )
@@ -583,6 +587,7 @@ def make_parser() -> argparse.ArgumentParser:
 def _add_demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--records", type=int, default=3000, help="records to send (default 3000)")
     p.add_argument("--fail-rate", type=float, default=0.05, help="fraction of failing requests")
+    p.add_argument("--latency-ms", type=float, default=4.0, help="receiver latency per request (default 4)")
     p.add_argument("--dead-letter", metavar="FILE", help="dead-letter file (default: a temp file)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")

@@ -90,7 +90,7 @@ def test_send_some_failed_exit_1_with_summary_table(server: FaultServer, tmp_pat
     assert "succeeded            9" in out
     assert "failed               1  (http_400: 1)" in out
     assert "retries              2  (ResponseError: 1, http_503: 1)" in out
-    assert "failures went to     only this summary" in out
+    assert "failures went to     this summary only (first 10 listed)" in out
     assert "failed record r3: http_400" in out
     assert server.keys().count("r3") == 1  # 400 is not retried
 
