@@ -261,7 +261,12 @@ def _deliver(
 ) -> int:
     from .cli_output import Progress, Summary, render_summary
 
-    rejects = _Rejects(args.rejects)
+    if args.progress_interval <= 0:
+        raise UsageError("--progress-interval must be > 0")
+    try:
+        rejects = _Rejects(args.rejects)
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.rejects}: {exc.strerror}") from None
     tracker = _Tracker()
     connector = HttpSinkConnector(config)
     progress = Progress(connector.stats, sys.stderr, _progress_mode(args), args.progress_interval, total)
@@ -472,6 +477,12 @@ _POISON = "demo-poison-record"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.records < 2:
+        raise UsageError("--records must be at least 2")
+    if not 0 <= args.fail_rate < 1:
+        raise UsageError("--fail-rate must be in [0, 1)")
+    if args.latency_ms < 0:
+        raise UsageError("--latency-ms must be >= 0")
     faults = RandomFaults(
         args.fail_rate,
         args.latency_ms / 1000.0,
