@@ -46,10 +46,18 @@ class UsageError(Exception):
 
 def _add_delivery_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("delivery")
-    g.add_argument("--workers", type=int, default=16, help="threads sending requests (default 16)")
-    g.add_argument("--max-pending", type=int, default=1000, help="records in flight at most (default 1000)")
-    g.add_argument("--retries", type=int, default=3, help="retries after the first attempt (default 3)")
-    g.add_argument("--timeout", type=float, default=30.0, help="seconds per attempt (default 30)")
+    g.add_argument(
+        "--workers", type=int, default=16, metavar="N", help="threads sending requests (default 16)"
+    )
+    g.add_argument(
+        "--max-pending", type=int, default=1000, metavar="N", help="records in flight at most (default 1000)"
+    )
+    g.add_argument(
+        "--retries", type=int, default=3, metavar="N", help="retries after the first attempt (default 3)"
+    )
+    g.add_argument(
+        "--timeout", type=float, default=30.0, metavar="SECONDS", help="seconds per attempt (default 30)"
+    )
     g.add_argument("--header", action="append", default=[], metavar="K:V", help="extra header (repeatable)")
     g.add_argument("--bearer-token-env", metavar="VAR", help="send Authorization: Bearer $VAR")
     g.add_argument("--batch", type=int, metavar="N", help="send up to N records per request")
@@ -67,7 +75,11 @@ def _add_delivery_options(p: argparse.ArgumentParser) -> None:
     o.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")
     o.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     o.add_argument(
-        "--progress-interval", type=float, default=5.0, help="seconds between plain progress lines"
+        "--progress-interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds between plain progress lines",
     )
     o.add_argument("-v", "--verbose", action="count", default=0, help="-v logs failures, -vv retries too")
 
