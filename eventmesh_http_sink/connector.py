@@ -96,7 +96,8 @@ class SinkStats:
 
     Attributes:
         per_url: URL -> :class:`UrlStats` (final outcomes by the URL of the last
-            attempt, and retries by the URL that failed).
+            attempt, and retries by the URL that failed; a broadcast record counts
+            once per URL here, once in the other fields).
         retries_by_cause: ``http_503``, ``ResponseError``... -> retries scheduled.
         failures_by_kind: The same labels -> records that finally failed.
         latency_p50: Median seconds from ``put`` to outcome (``None`` before any).
@@ -426,7 +427,12 @@ class HttpSinkConnector:
                 return False
             rt.live.remove(future)
         future._elapsed = time.monotonic() - future._t0
-        rt.metrics.outcome(future._url, future._elapsed, None if isinstance(outcome, SendResult) else outcome)
+        rt.metrics.outcome(
+            future._url,
+            future._elapsed,
+            None if isinstance(outcome, SendResult) else outcome,
+            getattr(future, "_pin", None) is not None,  # a broadcast copy: its parent counts the record
+        )
         if isinstance(outcome, SendResult):
             future._ctx.run(future.set_result, outcome)
         else:

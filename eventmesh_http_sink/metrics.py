@@ -114,32 +114,44 @@ class Metrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._latency = LatencyHistogram()
-        self._urls: dict[str | None, list[int]] = {}  # url -> [succeeded, failed, retried]
+        self._urls: dict[str, list[int]] = {}  # url -> [succeeded, failed, retried]
         self._retries: dict[str, int] = {}
         self._failures: dict[str, int] = {}
 
-    def outcome(self, url: str | None, elapsed: float, error: BaseException | None) -> None:
-        """Count a record's final outcome (``error is None``: success) and its latency."""
+    def outcome(
+        self, url: str | None, elapsed: float, error: BaseException | None, copy: bool = False
+    ) -> None:
+        """Count a resolved unit (``error is None``: success).
+
+        Args:
+            url: The URL of the last attempt (``None``: never attempted, or a
+                broadcast parent), counted in the per-URL rows.
+            elapsed: Seconds from ``put`` to the outcome.
+            error: The final error, ``None`` on success.
+            copy: A per-URL copy of a broadcast record: counted for its URL only,
+                the record itself is counted once, by its parent.
+        """
         kind = None if error is None else error_kind(error)
         with self._lock:
-            row = self._urls.get(url)
-            if row is None:
-                row = self._urls[url] = [0, 0, 0]
-            self._latency.observe(elapsed)
-            if kind is None:
-                row[0] += 1
-            else:
-                row[1] += 1
-                self._failures[kind] = self._failures.get(kind, 0) + 1
+            if url is not None:
+                row = self._urls.get(url)
+                if row is None:
+                    row = self._urls[url] = [0, 0, 0]
+                row[0 if kind is None else 1] += 1
+            if not copy:
+                self._latency.observe(elapsed)
+                if kind is not None:
+                    self._failures[kind] = self._failures.get(kind, 0) + 1
 
     def retry(self, url: str | None, error: BaseException) -> None:
         """Count one scheduled retry and its cause."""
         kind = error_kind(error)
         with self._lock:
-            row = self._urls.get(url)
-            if row is None:
-                row = self._urls[url] = [0, 0, 0]
-            row[2] += 1
+            if url is not None:
+                row = self._urls.get(url)
+                if row is None:
+                    row = self._urls[url] = [0, 0, 0]
+                row[2] += 1
             self._retries[kind] = self._retries.get(kind, 0) + 1
 
     def snapshot(
@@ -147,7 +159,7 @@ class Metrics:
     ) -> tuple[Mapping[str, UrlStats], Mapping[str, int], Mapping[str, int], HistogramSnapshot]:
         """``(per_url, retries_by_cause, failures_by_kind, latency)``, fresh copies."""
         with self._lock:
-            per_url = {str(url or "-"): UrlStats(*row) for url, row in self._urls.items()}
+            per_url = {str(url): UrlStats(*row) for url, row in self._urls.items()}
             retries = dict(self._retries)
             failures = dict(self._failures)
             latency = self._latency.snapshot()

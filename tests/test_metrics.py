@@ -105,8 +105,11 @@ def test_error_kind_labels() -> None:
     assert error_kind(HttpStatusError(429)) == "http_429"
     assert error_kind(ResponseError("reset")) == "ResponseError"
     m = Metrics()
-    m.retry(None, ResponseError("x"))
-    assert m.snapshot()[0]["-"].retried == 1
+    m.retry(None, ResponseError("x"))  # never attempted: no URL row, still a cause
+    m.outcome("http://u/", 0.01, ResponseError("x"), copy=True)  # a broadcast copy
+    per_url, retries, failures, latency = m.snapshot()
+    assert per_url == {"http://u/": m.snapshot()[0]["http://u/"]} and per_url["http://u/"].failed == 1
+    assert retries == {"ResponseError": 1} and failures == {} and latency.count == 0
 
 
 def _samples(registry: CollectorRegistry) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
