@@ -310,10 +310,13 @@ def _deliver(
                     if args.strict:
                         stopped = True
                         break
-        connector.close()
+        connector.flush()  # interruptible, unlike a close() in progress
     except KeyboardInterrupt:
         interrupted = True
-        connector.close(timeout=2.0)
+        sys.stderr.write(f"{PROG}: interrupted: cancelling what is still pending\n")
+        connector.close(timeout=1.0)  # leftovers are reported as SinkClosedError
+    else:
+        connector.close()
     finally:
         progress.stop()
         rejects.close()

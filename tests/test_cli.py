@@ -221,6 +221,28 @@ def test_replay_dead_letter_file(server: FaultServer, tmp_path: Path) -> None:
     assert proc.returncode == 1
 
 
+def test_ctrl_c_cancels_pending_and_exits_130(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", records(3))
+    with FaultServer(responder=lambda request: Reply.hang(5)) as hanging:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "eventmesh_http_sink", "send", hanging.url, str(src), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=_env(),
+        )
+        deadline = time.monotonic() + 10
+        while len(hanging.keys()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    s = json.loads(out.strip().splitlines()[-1])
+    assert s["failed"] == 3 and s["failures_by_kind"] == {"SinkClosedError": 3}
+
+
 def _start_receiver(*args: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "eventmesh_http_sink", "receive", "--port", "0", *args],
