@@ -364,11 +364,12 @@ def _library_replay(path: str, connector: HttpSinkConnector, rejects: _Rejects) 
     replay = getattr(package, "replay", None)
     if callable(replay):
         report = replay(path, connector)
-        for item in getattr(report, "errors", None) or getattr(report, "skipped", None) or []:
+        skipped = list(getattr(report, "skipped", ()) or ())
+        for item in skipped:
             lineno, reason = (item[0], item[1]) if isinstance(item, tuple) else (0, str(item))
             rejects.add(int(lineno), str(reason), "")
         resent: int = getattr(report, "resent", 0)
-        return resent
+        return resent + len(skipped)
     tracker = _Tracker()
     read = 0
     with open(path, encoding="utf-8") as src:

@@ -243,6 +243,34 @@ def test_ctrl_c_cancels_pending_and_exits_130(tmp_path: Path) -> None:
     assert s["failed"] == 3 and s["failures_by_kind"] == {"SinkClosedError": 3}
 
 
+def test_replay_uses_the_library_replay_when_present(
+    server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import eventmesh_http_sink
+    from eventmesh_http_sink import ConnectRecord
+
+    calls = []
+
+    def fake_replay(path: str, connector: Any) -> Any:
+        calls.append(path)
+        connector.put(ConnectRecord("again", record_id="lib-1")).result()
+
+        @attrs.frozen
+        class Report:
+            resent: int = 1
+            skipped: tuple[tuple[int, str], ...] = ((2, "record_id is missing"),)
+
+        return Report()
+
+    monkeypatch.setattr(eventmesh_http_sink, "replay", fake_replay, raising=False)
+    dead = write_jsonl(tmp_path / "dead.jsonl", [{"record_id": "lib-1", "data": "again"}, {"data": 1}])
+    assert main(["replay", str(dead), server.url, "--json", "-q"]) == 1  # one skipped line
+    s = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert calls == [str(dead)]
+    assert (s["read"], s["succeeded"], s["rejected"]) == (2, 1, 1)
+    assert server.delivered_keys() == {"lib-1"}
+
+
 def _start_receiver(*args: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "eventmesh_http_sink", "receive", "--port", "0", *args],
