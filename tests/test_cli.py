@@ -203,12 +203,12 @@ def test_replay_dead_letter_file(server: FaultServer, tmp_path: Path) -> None:
             {
                 "record_id": "d1",
                 "data": base64.b64encode(b"\x00\x01bin").decode(),
-                "data_base64": True,
+                "data_encoding": "base64",  # the dead-letter format of dead_letter.py
                 "extensions": {"topic": "x"},
                 "error": "HttpStatusError",
                 "attempts": 4,
             },
-            {"record_id": "d2", "data": {"k": "v"}, "extensions": None, "error": "ResponseError"},
+            {"record_id": "d2", "data": {"k": "v"}, "data_encoding": "json", "error": "ResponseError"},
             "garbage line",
         ],
     )
@@ -360,15 +360,22 @@ def test_progress_bar_under_a_pseudo_terminal(tmp_path: Path) -> None:
     assert "succeeded            20" in stdout
 
 
-def test_demo_exit_0_with_summary() -> None:
+def test_demo_exit_0_with_summary(tmp_path: Path) -> None:
+    dead = tmp_path / "dead.jsonl"
     t0 = time.monotonic()
-    proc = run_cli("--demo", "--records", "1500", "--json")
+    proc = run_cli("--demo", "--records", "1500", "--json", "--dead-letter", str(dead))
     assert proc.returncode == 0, proc.stderr
     s = summary_of(proc)
     assert s["succeeded"] == 1499 and s["failed"] == 1
     assert s["retries"] > 0 and "http_503" in s["retries_by_cause"]
     assert s["failed_records"][0]["record_id"] == "demo-poison-record"
     assert time.monotonic() - t0 < 20
+    if "dead_letter" in attrs.fields_dict(HttpSinkConfig):  # where the build has dead letters
+        assert [json.loads(x)["record_id"] for x in dead.read_text().splitlines()] == ["demo-poison-record"]
+        assert s["failures_went_to"] == f"dead-letter file {dead}"
+    else:
+        assert not dead.exists()
+        assert s["failures_went_to"].startswith("this summary only")
 
 
 def test_demo_text_output() -> None:
