@@ -323,7 +323,7 @@ def _deliver(
     st = connector.stats()
     if st.failed:
         went = (
-            f"dead-letter file {args.dead_letter}"
+            f"dead-letter file {args.dead_letter}" + _written(st)
             if args.dead_letter
             else f"this summary only (first {tracker.failures.limit} listed)"
         )
@@ -356,6 +356,11 @@ def _deliver(
         sys.stderr.write(f"{PROG}: stopped at the first rejected line (--strict)\n")
         return 2
     return 1 if (st.failed or rejects.count) else 0
+
+
+def _written(st: Any) -> str:
+    written = getattr(st, "dead_lettered", None)
+    return f" ({written} written)" if isinstance(written, int) else ""
 
 
 def _library_replay(path: str, connector: HttpSinkConnector, rejects: _Rejects) -> int:

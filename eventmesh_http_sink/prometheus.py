@@ -20,6 +20,10 @@ Metrics (every one labelled ``sink``):
 * ``eventmesh_http_sink_callback_errors_total``
 * gauges ``eventmesh_http_sink_pending``, ``_in_flight``, ``_scheduled_retries``
 * histogram ``eventmesh_http_sink_latency_seconds`` (``put`` to outcome)
+* where the build has them: ``_dead_lettered_total``, ``_dead_letter_errors_total``,
+  ``_rate_limit_waits_total``, ``_circuit_opened_total``, ``_circuit_waits_total``,
+  ``_circuit_rejected_total``, gauges ``_circuits_open``, ``_waiting`` and
+  ``_circuit_state{url,state}``
 """
 
 from __future__ import annotations
@@ -33,6 +37,16 @@ from .connector import HttpSinkConnector
 __all__ = ["SinkCollector", "register"]
 
 _P = "eventmesh_http_sink"
+_OPTIONAL = (
+    ("dead_lettered", "Records written to the dead-letter target", "counter"),
+    ("dead_letter_errors", "Dead-letter writes that failed", "counter"),
+    ("rate_limit_waits", "Attempts that waited for a rate-limit token", "counter"),
+    ("circuit_opened", "Times a circuit opened", "counter"),
+    ("circuit_waits", "Attempts that waited for a closed circuit", "counter"),
+    ("circuit_rejected", "Records failed at once by an open circuit", "counter"),
+    ("circuits_open", "URLs whose circuit is open now", "gauge"),
+    ("waiting", "Records waiting for a rate-limit token or a circuit", "gauge"),
+)
 
 
 class SinkCollector:
@@ -117,6 +131,26 @@ class SinkCollector:
             gauge = GaugeMetricFamily(f"{_P}_{name}", doc, labels=["sink"])
             gauge.add_metric(s, value)
             yield gauge
+
+        # Fields of features that may be absent from this build (dead letters,
+        # rate limit, circuit breaker): exported when the snapshot has them.
+        for name, doc, kind in _OPTIONAL:
+            optional = getattr(st, name, None)
+            if isinstance(optional, int):
+                family: Any = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
+                    f"{_P}_{name}", doc, labels=["sink"]
+                )
+                family.add_metric(s, optional)
+                yield family
+        if st.breaker:
+            circuit = GaugeMetricFamily(
+                f"{_P}_circuit_state",
+                "1 for the current circuit state of a URL",
+                labels=["sink", "url", "state"],
+            )
+            for url, state in st.breaker.items():
+                circuit.add_metric([*s, url, str(state)], 1)
+            yield circuit
 
         hist = st.latency
         latency = HistogramMetricFamily(

@@ -164,3 +164,37 @@ def test_logging_warning_per_failure_debug_per_retry_no_secrets(caplog: pytest.L
     assert len(warnings) == 1 and "record L1 failed after 3 attempt(s)" in warnings[0].getMessage()
     assert len(retries) == 2
     assert "tok-SECRET" not in caplog.text
+
+
+def test_prometheus_exports_optional_feature_fields_when_present() -> None:
+    import types
+
+    import attrs
+
+    base = HttpSinkConnector(HttpSinkConfig("http://127.0.0.1:1/")).stats()
+    snapshot = types.SimpleNamespace(
+        **attrs.asdict(base, recurse=False),
+        dead_lettered=2,
+        circuits_open=1,
+    )
+    snapshot.breaker = {"http://a/": "open"}
+
+    class Stub:
+        def stats(self) -> types.SimpleNamespace:
+            return snapshot
+
+    stub = Stub()
+    registry = CollectorRegistry()
+    register(stub, registry)  # type: ignore[arg-type]
+    got = _samples(registry)
+    d = ("sink", "default")
+    assert got[("eventmesh_http_sink_dead_lettered_total", frozenset({d}))] == 2
+    assert got[("eventmesh_http_sink_circuits_open", frozenset({d}))] == 1
+    assert (
+        got[("eventmesh_http_sink_circuit_state", frozenset({d, ("url", "http://a/"), ("state", "open")}))]
+        == 1
+    )
+    assert (
+        "eventmesh_http_sink_rate_limit_waits_total",
+        frozenset({d}),
+    ) not in got  # absent field: no metric
