@@ -256,6 +256,11 @@ def _progress_mode(args: argparse.Namespace) -> str:
     return "bar" if sys.stderr.isatty() else "lines"
 
 
+def _total_for_bar(args: argparse.Namespace, path: str) -> int | None:
+    # Only the live bar shows a total: don't read a big file twice for plain lines.
+    return _count_lines(path) if _progress_mode(args) == "bar" else None
+
+
 def _count_lines(path: str) -> int | None:
     try:
         with open(path, "rb") as f:
@@ -399,14 +404,14 @@ def cmd_send(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
     with src:
-        return _deliver(args, config, src, _count_lines(args.file))
+        return _deliver(args, config, src, _total_for_bar(args, args.file))
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     config = build_config(args)
     if not os.path.isfile(args.file):
         raise UsageError(f"cannot read {args.file}: no such file")
-    return _deliver(args, config, None, _count_lines(args.file), replay_path=args.file)
+    return _deliver(args, config, None, _total_for_bar(args, args.file), replay_path=args.file)
 
 
 # -- receive ----------------------------------------------------------------------------------
