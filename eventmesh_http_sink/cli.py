@@ -34,7 +34,6 @@ from .testing import FaultServer, RandomFaults, Reply, RequestLog
 __all__ = ["main"]
 
 PROG = "eventmesh-http-sink"
-_log = logging.getLogger("eventmesh_http_sink.cli")
 
 
 class UsageError(Exception):
@@ -100,6 +99,10 @@ def build_config(args: argparse.Namespace) -> HttpSinkConfig:
         UsageError: an option this build does not support, or a bad value.
     """
     urls = [u for u in args.url.split(",") if u]
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be > 0")
+    if args.retries < 0:
+        raise UsageError("--retries must be >= 0")
     headers: dict[str, str] = {}
     for item in args.header:
         name, sep, value = item.partition(":")
@@ -111,7 +114,7 @@ def build_config(args: argparse.Namespace) -> HttpSinkConfig:
         "max_pending": args.max_pending,
         "read_timeout": args.timeout,
         "attempt_timeout": args.timeout,
-        "connect_timeout": min(5.0, args.timeout) if args.timeout > 0 else args.timeout,
+        "connect_timeout": min(5.0, args.timeout),
         "retry": RetryConfig(max_retries=args.retries, initial_backoff=0.05, max_backoff=5.0),
     }
     if args.bearer_token_env:
@@ -148,9 +151,7 @@ def build_config(args: argparse.Namespace) -> HttpSinkConfig:
         kwargs["rate_limit"] = args.rate_limit
     try:
         return HttpSinkConfig(urls, **kwargs)
-    except ConfigError as exc:
-        raise UsageError(f"invalid option: {exc}") from None
-    except (TypeError, ValueError) as exc:
+    except (ConfigError, TypeError, ValueError) as exc:  # ConfigError names the config field
         raise UsageError(f"invalid option: {exc}") from None
 
 

@@ -148,6 +148,8 @@ def test_stdin_and_raw_lines(server: FaultServer) -> None:
         (["send", "http://127.0.0.1:1/", "-", "--workers", "0"], "max_workers"),
         (["send", "http://127.0.0.1:1/", "-", "--bearer-token-env", "EMHS_UNSET_VAR"], "EMHS_UNSET_VAR"),
         (["send"], "URL"),
+        (["send", "http://127.0.0.1:1/", "-", "--timeout", "0"], "--timeout must be > 0"),
+        (["send", "http://127.0.0.1:1/", "-", "--header", "X-A: b\r\nX-B: c"], "headers"),
         (["send", "http://127.0.0.1:1/", "-", "--rejects", "/no/such/dir/r.jsonl"], "cannot write"),
         (["send", "http://127.0.0.1:1/", "-", "--progress-interval", "0"], "--progress-interval"),
         (["demo", "--records", "1"], "--records"),
