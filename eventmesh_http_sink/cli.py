@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 import attrs
@@ -226,7 +226,7 @@ def parse_line(line: str, raw: bool) -> ConnectRecord:
         raise ValueError(str(exc)) from None
 
 
-def _lines(src: IO[str]) -> Iterator[tuple[int, str]]:
+def _lines(src: Iterable[str]) -> Iterator[tuple[int, str]]:
     for lineno, line in enumerate(src, 1):
         text = line.rstrip("\r\n")
         if text.strip():
@@ -273,7 +273,7 @@ def _count_lines(path: str) -> int | None:
 def _deliver(
     args: argparse.Namespace,
     config: HttpSinkConfig,
-    source: IO[str] | None,
+    source: Iterable[str] | None,
     total: int | None,
     replay_path: str | None = None,
 ) -> int:
@@ -560,24 +560,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raw_lines=False,
             dead_letter=dead_letter,
         )
-        src = _IterIO(records())
-        code = _deliver(ns, config, src, n)  # type: ignore[arg-type]
+        code = _deliver(ns, config, records(), n)
     if not args.quiet and not args.json:
         if dead_letter:
             print(f"demo: the failed record is in {dead_letter}; try: {PROG} replay {dead_letter} URL")
         print("demo: " + ("worked as designed" if code == 1 else "did NOT go as designed"))
     # One record fails on purpose: exit code 1 from the run is the designed outcome.
     return 0 if code == 1 else 1
-
-
-class _IterIO:
-    """Iterates like a text file over generated lines."""
-
-    def __init__(self, it: Iterator[str]) -> None:
-        self._it = it
-
-    def __iter__(self) -> Iterator[str]:
-        return (line + "\n" for line in self._it)
 
 
 # -- entry point ------------------------------------------------------------------------------
