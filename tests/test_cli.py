@@ -394,3 +394,19 @@ def test_parse_line_dead_letter_flags() -> None:
         parse_line('{"data": "@@@", "data_base64": true}', raw=False)
     with pytest.raises(ValueError, match="record_id"):
         parse_line('{"data": 1, "record_id": "a\\nb"}', raw=False)
+
+
+def test_progress_falls_back_to_plain_lines_without_rich(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from eventmesh_http_sink import HttpSinkConnector
+    from eventmesh_http_sink.cli_output import Progress
+
+    for name in ("rich", "rich.console", "rich.progress"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
+    out = io.StringIO()
+    connector = HttpSinkConnector(HttpSinkConfig("http://127.0.0.1:1/"))
+    progress = Progress(connector.stats, out, "bar", interval=30).start()
+    assert progress.mode == "lines"
+    progress.stop()
+    assert out.getvalue().startswith("progress: sent 0")
