@@ -29,6 +29,7 @@ from .errors import (
     SinkClosedError,
     SinkError,
 )
+from .metrics import HistogramSnapshot, UrlStats
 from .records import ConnectRecord
 from .result_store import ResultStoreConfig
 from .results import SendExceptionContext, SendMessageCallback, SendResult
@@ -47,6 +48,7 @@ __all__ = [
     "ConnectRecord",
     "ConnectTimeoutError",
     "EndpointUnavailableError",
+    "HistogramSnapshot",
     "HttpSinkConfig",
     "HttpSinkConnector",
     "HttpStatusError",
@@ -67,6 +69,7 @@ __all__ = [
     "SinkError",
     "SinkStats",
     "Transport",
+    "UrlStats",
     "Urllib3Transport",
     "__version__",
     "replay",

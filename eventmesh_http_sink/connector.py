@@ -27,7 +27,7 @@ import threading
 import time
 import typing
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeGuard
@@ -47,6 +47,7 @@ from .errors import (
     SinkError,
 )
 from .hooks import Hooks
+from .metrics import HistogramSnapshot, Metrics, UrlStats
 from .records import ConnectRecord, encode_data, encode_extensions
 from .request_options import RequestOptions
 from .result_store import ResultStore
@@ -99,7 +100,21 @@ class _RecordFuture(Future[SendResult]):
 class SinkStats:
     """A snapshot of a connector's counters (also readable as ``stats["name"]``).
 
-    ``submitted == succeeded + failed + pending`` holds in every snapshot.
+    ``submitted == succeeded + failed + pending`` holds in every snapshot. The
+    detail fields after ``scheduled_retries`` come from :mod:`.metrics`, read
+    just after the counters, so they may lag them by an outcome in progress.
+
+    Attributes:
+        per_url: URL -> :class:`UrlStats` (final outcomes by the URL of the last
+            attempt, and retries by the URL that failed; a broadcast record counts
+            once per URL here, once in the other fields).
+        retries_by_cause: ``http_503``, ``ResponseError``... -> retries scheduled.
+        failures_by_kind: The same labels -> records that finally failed.
+        latency_p50: Median seconds from ``put`` to outcome (``None`` before any).
+        latency_p95: 95th percentile, in seconds.
+        latency_p99: 99th percentile, in seconds.
+        latency: The bounded latency histogram behind the percentiles.
+        breaker: Circuit-breaker state per URL (filled where the breaker exists).
     """
 
     submitted: int
@@ -119,13 +134,20 @@ class SinkStats:
     circuit_rejected: int = 0
     dead_lettered: int = 0
     dead_letter_errors: int = 0
+    per_url: Mapping[str, UrlStats] = attrs.field(factory=dict)
+    retries_by_cause: Mapping[str, int] = attrs.field(factory=dict)
+    failures_by_kind: Mapping[str, int] = attrs.field(factory=dict)
+    latency_p50: float | None = None
+    latency_p95: float | None = None
+    latency_p99: float | None = None
+    latency: HistogramSnapshot = attrs.field(factory=HistogramSnapshot)
+    breaker: Mapping[str, str] = attrs.field(factory=dict)  # URL -> circuit state
 
-    def __getitem__(self, name: str) -> int:
-        value: int = getattr(self, name)
-        return value
+    def __getitem__(self, name: str) -> Any:
+        return getattr(self, name)
 
-    def as_dict(self) -> dict[str, int]:
-        """The snapshot as a plain dict."""
+    def as_dict(self) -> dict[str, Any]:
+        """The snapshot as a plain dict (nested values as dicts too)."""
         return attrs.asdict(self)
 
 
@@ -148,6 +170,7 @@ class _Runtime:
         self.scheduler: RetryScheduler[_RecordFuture] = RetryScheduler(connector._resubmit)
         self.next_index = itertools.count().__next__  # atomic under the GIL: lock-free round robin
         self.batcher = Batcher(cfg.batch, connector._send_batch) if cfg.batch is not None else None
+        self.metrics = Metrics()
 
 
 # Every connector, weakly: for the fork hook and the interpreter-exit hook.
@@ -411,6 +434,7 @@ class HttpSinkConnector(DeliveryMixin):
         if wait is not None and not future.done() and rt.scheduler.schedule(wait, future):
             with rt.lock:
                 rt.retried += 1
+            rt.metrics.retry(future._url, error)
             _log.debug(
                 "record %s: attempt %d failed (%s); retrying in %.3fs",
                 future._rec.record_id,
@@ -443,6 +467,12 @@ class HttpSinkConnector(DeliveryMixin):
                 return False
             rt.live.remove(future)
         future._elapsed = time.monotonic() - future._t0
+        rt.metrics.outcome(
+            future._url,
+            future._elapsed,
+            None if isinstance(outcome, SendResult) else outcome,
+            getattr(future, "_pin", None) is not None,  # a broadcast copy: its parent counts the record
+        )
         if isinstance(outcome, SendResult):
             future._ctx.run(future.set_result, outcome)
         else:
@@ -577,7 +607,7 @@ class HttpSinkConnector(DeliveryMixin):
         if rt is None or rt.pid != os.getpid():
             return SinkStats(0, 0, 0, 0, 0, 0, 0, 0)
         with rt.lock:
-            return SinkStats(
+            counters = (
                 rt.submitted,
                 rt.succeeded,
                 rt.failed,
@@ -586,8 +616,22 @@ class HttpSinkConnector(DeliveryMixin):
                 rt.in_flight,
                 rt.callback_errors,
                 len(rt.scheduler),
-                **rt.hooks.stats(),
             )
+            extra = rt.hooks.stats()
+        per_url, retries, failures, latency = rt.metrics.snapshot()
+        breaker = rt.hooks.breaker
+        return SinkStats(
+            *counters,
+            **extra,
+            per_url=per_url,
+            retries_by_cause=retries,
+            failures_by_kind=failures,
+            latency_p50=latency.percentile(0.50),
+            latency_p95=latency.percentile(0.95),
+            latency_p99=latency.percentile(0.99),
+            latency=latency,
+            breaker=breaker.states() if breaker is not None else {},
+        )
 
     def export(
         self, page_num: int = 1, page_size: int = 10, mode: typing.Literal["peek", "poll"] = "peek"
