@@ -8,12 +8,15 @@ one outcome.
 """
 
 from .batching import BatchConfig
+from .breaker import CircuitBreakerConfig
 from .config import HttpSinkConfig, RetryConfig
 from .connector import HttpSinkConnector, SinkStats
+from .dead_letter import ReplayReport, replay
 from .errors import (
     BatchRecordError,
     BroadcastError,
     BusinessError,
+    CircuitOpenError,
     ConfigError,
     ConnectTimeoutError,
     EndpointUnavailableError,
@@ -26,8 +29,10 @@ from .errors import (
     SinkClosedError,
     SinkError,
 )
+from .metrics import HistogramSnapshot, UrlStats
 from .per_process import ProcessConnector
 from .records import ConnectRecord
+from .result_store import ResultStoreConfig
 from .results import SendExceptionContext, SendMessageCallback, SendResult
 from .transport import RequestsTransport, Response, Transport, Urllib3Transport
 from .worker_batch import BatchDeliveryError, BatchSummary, deliver_batch, records_from_dicts
@@ -41,10 +46,13 @@ __all__ = [
     "BatchSummary",
     "BroadcastError",
     "BusinessError",
+    "CircuitBreakerConfig",
+    "CircuitOpenError",
     "ConfigError",
     "ConnectRecord",
     "ConnectTimeoutError",
     "EndpointUnavailableError",
+    "HistogramSnapshot",
     "HttpSinkConfig",
     "HttpSinkConnector",
     "HttpStatusError",
@@ -53,9 +61,11 @@ __all__ = [
     "QueueFullError",
     "ReadTimeoutError",
     "RecordEncodingError",
+    "ReplayReport",
     "RequestsTransport",
     "Response",
     "ResponseError",
+    "ResultStoreConfig",
     "RetryConfig",
     "SendExceptionContext",
     "SendMessageCallback",
@@ -64,8 +74,10 @@ __all__ = [
     "SinkError",
     "SinkStats",
     "Transport",
+    "UrlStats",
     "Urllib3Transport",
     "__version__",
     "deliver_batch",
     "records_from_dicts",
+    "replay",
 ]

@@ -7,6 +7,7 @@ naming the field, so a mistake surfaces at construction, not at the first send.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
@@ -16,7 +17,9 @@ import attrs
 from urllib3.util import parse_url
 
 from .batching import BatchConfig
+from .breaker import CircuitBreakerConfig
 from .errors import ConfigError
+from .result_store import ResultStoreConfig
 
 __all__ = ["DEFAULT_SENSITIVE_HEADERS", "HttpSinkConfig", "RetryConfig", "check_header"]
 
@@ -105,6 +108,18 @@ def _callable(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
 def _boolean(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, bool):
         raise ConfigError(attr.name, f"must be True or False, got {value!r}")
+
+
+def _dead_letter_target(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    if callable(value):
+        return
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise ConfigError(attr.name, f"must be a file path or a callable, got {value!r}")
+    directory = os.path.dirname(os.path.abspath(os.fspath(value)))
+    if not os.path.isdir(directory):
+        raise ConfigError(attr.name, f"directory {directory!r} does not exist")
+    if os.path.isdir(os.fspath(value)):
+        raise ConfigError(attr.name, f"{os.fspath(value)!r} is a directory, not a file")
 
 
 # -- converters ---------------------------------------------------------------------------
@@ -232,6 +247,16 @@ class HttpSinkConfig:
         compress_min_bytes: Bodies smaller than this are sent uncompressed.
         success_when: ``fn(status, headers, body) -> bool`` checked on 2xx responses; ``False``
             fails the attempt with :class:`BusinessError`.
+        result_store: A :class:`ResultStoreConfig` to keep each attempt's outcome
+            (``connector.export()``) and optionally serve it over HTTP.
+        dead_letter: A JSON-lines file path, or a callable taking a dict, that receives
+            every record whose final outcome is a failure.
+        dead_letter_on_close: Also dead-letter records cancelled by ``close``
+            (:class:`SinkClosedError`).
+        rate_limit: At most this many requests per second (token bucket, burst of the
+            same size), shared by all workers; records wait, they are not dropped.
+        circuit_breaker: A :class:`CircuitBreakerConfig` to stop sending to a URL
+            that keeps failing.
     """
 
     urls: tuple[str, ...] = attrs.field(converter=_to_urls)
@@ -311,6 +336,20 @@ class HttpSinkConfig:
             raise ConfigError("bearer_token", "must be a non-empty str or a callable returning one")
         check_header("Authorization", f"Bearer {value}", "bearer_token")
 
+    # Outcome features (docs/outcomes.md); their logic lives in result_store, dead_letter,
+    # ratelimit and breaker.
+    result_store: ResultStoreConfig | None = attrs.field(
+        default=None, validator=_optional(_instance_of(ResultStoreConfig)), kw_only=True
+    )
+    dead_letter: str | os.PathLike[str] | Callable[[dict[str, Any]], None] | None = attrs.field(
+        default=None, validator=_optional(_dead_letter_target), kw_only=True
+    )
+    dead_letter_on_close: bool = attrs.field(default=False, validator=_boolean, kw_only=True)
+    rate_limit: float | None = attrs.field(default=None, validator=_optional(_positive), kw_only=True)
+    circuit_breaker: CircuitBreakerConfig | None = attrs.field(
+        default=None, validator=_optional(_instance_of(CircuitBreakerConfig)), kw_only=True
+    )
+
     @urls.validator
     def _check_urls(self, attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
         if not value:
@@ -378,6 +417,11 @@ class HttpSinkConfig:
             raise ConfigError("header_fn", "cannot be combined with batch (one request carries many records)")
         if self.delivery_strategy == "failover" and len(self.urls) < 2:
             raise ConfigError("delivery_strategy", "'failover' needs at least two URLs")
+        if self.batch is not None:
+            # The gate sits in the per-record attempt; batches are sent without it.
+            for name in ("rate_limit", "circuit_breaker"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(name, "cannot be combined with batch (not supported yet)")
 
     def __repr__(self) -> str:
         # Header values may be credentials: the repr must be safe to log.

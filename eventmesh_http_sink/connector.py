@@ -28,7 +28,7 @@ import threading
 import time
 import typing
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeGuard
@@ -47,8 +47,11 @@ from .errors import (
     SinkClosedError,
     SinkError,
 )
+from .hooks import Hooks
+from .metrics import HistogramSnapshot, Metrics, UrlStats
 from .records import ConnectRecord, encode_data, encode_extensions
 from .request_options import RequestOptions
+from .result_store import ResultStore
 from .results import SendExceptionContext, SendResult
 from .retry import RetryPolicy, RetryScheduler, parse_retry_after
 from .strategies import make_strategy
@@ -98,7 +101,21 @@ class _RecordFuture(Future[SendResult]):
 class SinkStats:
     """A snapshot of a connector's counters (also readable as ``stats["name"]``).
 
-    ``submitted == succeeded + failed + pending`` holds in every snapshot.
+    ``submitted == succeeded + failed + pending`` holds in every snapshot. The
+    detail fields after ``scheduled_retries`` come from :mod:`.metrics`, read
+    just after the counters, so they may lag them by an outcome in progress.
+
+    Attributes:
+        per_url: URL -> :class:`UrlStats` (final outcomes by the URL of the last
+            attempt, and retries by the URL that failed; a broadcast record counts
+            once per URL here, once in the other fields).
+        retries_by_cause: ``http_503``, ``ResponseError``... -> retries scheduled.
+        failures_by_kind: The same labels -> records that finally failed.
+        latency_p50: Median seconds from ``put`` to outcome (``None`` before any).
+        latency_p95: 95th percentile, in seconds.
+        latency_p99: 99th percentile, in seconds.
+        latency: The bounded latency histogram behind the percentiles.
+        breaker: Circuit-breaker state per URL (filled where the breaker exists).
     """
 
     submitted: int
@@ -109,13 +126,29 @@ class SinkStats:
     in_flight: int
     callback_errors: int
     scheduled_retries: int
+    # Outcome features (zero when off): see hooks.py and docs/outcomes.md.
+    waiting: int = 0
+    rate_limit_waits: int = 0
+    circuits_open: int = 0
+    circuit_opened: int = 0
+    circuit_waits: int = 0
+    circuit_rejected: int = 0
+    dead_lettered: int = 0
+    dead_letter_errors: int = 0
+    per_url: Mapping[str, UrlStats] = attrs.field(factory=dict)
+    retries_by_cause: Mapping[str, int] = attrs.field(factory=dict)
+    failures_by_kind: Mapping[str, int] = attrs.field(factory=dict)
+    latency_p50: float | None = None
+    latency_p95: float | None = None
+    latency_p99: float | None = None
+    latency: HistogramSnapshot = attrs.field(factory=HistogramSnapshot)
+    breaker: Mapping[str, str] = attrs.field(factory=dict)  # URL -> circuit state
 
-    def __getitem__(self, name: str) -> int:
-        value: int = getattr(self, name)
-        return value
+    def __getitem__(self, name: str) -> Any:
+        return getattr(self, name)
 
-    def as_dict(self) -> dict[str, int]:
-        """The snapshot as a plain dict."""
+    def as_dict(self) -> dict[str, Any]:
+        """The snapshot as a plain dict (nested values as dicts too)."""
         return attrs.asdict(self)
 
 
@@ -133,10 +166,12 @@ class _Runtime:
         self.submitted = self.succeeded = self.failed = self.retried = 0
         self.in_flight = self.callback_errors = 0
         self.transport = transport
+        self.hooks = Hooks(cfg, connector._store, connector._resubmit)
         self.executor = ThreadPoolExecutor(cfg.max_workers, thread_name_prefix="eventmesh-http-sink")
         self.scheduler: RetryScheduler[_RecordFuture] = RetryScheduler(connector._resubmit)
         self.next_index = itertools.count().__next__  # atomic under the GIL: lock-free round robin
         self.batcher = Batcher(cfg.batch, connector._send_batch) if cfg.batch is not None else None
+        self.metrics = Metrics()
 
 
 # Every connector, weakly: for the fork hook and the interpreter-exit hook.
@@ -185,6 +220,8 @@ class HttpSinkConnector(DeliveryMixin):
         self._state = _NEW
         self._state_lock = threading.Lock()
         self._rt: _Runtime | None = None
+        rs = config.result_store
+        self._store = None if rs is None else ResultStore(rs.max_size)
         _CONNECTORS.add(self)
 
     def __repr__(self) -> str:
@@ -332,6 +369,14 @@ class HttpSinkConnector(DeliveryMixin):
         if rt is None or future.done():
             return  # cancelled at close while queued
         url = self._strategy.choose(future, rt.next_index)
+        if rt.hooks.active:
+            verdict = rt.hooks.gate(future, url, self._urls)
+            if verdict is None:
+                return  # waiting on a timer for a rate-limit token or a closed circuit
+            if isinstance(verdict, SinkError):
+                self._resolve(future, verdict)
+                return
+            url = verdict  # round robin: another URL when this one's circuit is open
         future._url = url
         future._attempts += 1
         with rt.lock:
@@ -358,6 +403,7 @@ class HttpSinkConnector(DeliveryMixin):
                     time.monotonic() - future._t0,
                     response.body,
                 )
+                rt.hooks.after_attempt(future._rec, future._attempts, url, response, None)
                 self._release_in_flight(rt)
                 self._strategy.report(future, url, None, False)
                 self._resolve(future, result)
@@ -371,6 +417,7 @@ class HttpSinkConnector(DeliveryMixin):
                 location=headers.get("Location") if 300 <= status < 400 else None,
                 retry_after=parse_retry_after(headers.get("Retry-After")),
             )
+        rt.hooks.after_attempt(future._rec, future._attempts, url, None, error)
         self._release_in_flight(rt)
         self._strategy.report(future, url, error, self._policy.is_retryable(error))
         self._retry_or_fail(rt, future, error)
@@ -388,6 +435,7 @@ class HttpSinkConnector(DeliveryMixin):
         if wait is not None and not future.done() and rt.scheduler.schedule(wait, future):
             with rt.lock:
                 rt.retried += 1
+            rt.metrics.retry(future._url, error)
             _log.debug(
                 "record %s: attempt %d failed (%s); retrying in %.3fs",
                 future._rec.record_id,
@@ -420,6 +468,12 @@ class HttpSinkConnector(DeliveryMixin):
                 return False
             rt.live.remove(future)
         future._elapsed = time.monotonic() - future._t0
+        rt.metrics.outcome(
+            future._url,
+            future._elapsed,
+            None if isinstance(outcome, SendResult) else outcome,
+            getattr(future, "_pin", None) is not None,  # a broadcast copy: its parent counts the record
+        )
         if isinstance(outcome, SendResult):
             future._ctx.run(future.set_result, outcome)
         else:
@@ -432,6 +486,7 @@ class HttpSinkConnector(DeliveryMixin):
                     future._attempts,
                     outcome,
                 )
+            rt.hooks.on_failure(future, outcome)  # the dead letter is written before the callback runs
             future._ctx.run(future.set_exception, outcome)
         return True
 
@@ -536,6 +591,7 @@ class HttpSinkConnector(DeliveryMixin):
         rt.scheduler.stop()
         if rt.batcher is not None:
             rt.batcher.stop()  # its records were among the leftovers
+        rt.hooks.close()
         if leftovers:
             # Requests still on the wire: shut their sockets so workers return now.
             rt.transport.abort()
@@ -552,7 +608,7 @@ class HttpSinkConnector(DeliveryMixin):
         if rt is None or rt.pid != os.getpid():
             return SinkStats(0, 0, 0, 0, 0, 0, 0, 0)
         with rt.lock:
-            return SinkStats(
+            counters = (
                 rt.submitted,
                 rt.succeeded,
                 rt.failed,
@@ -562,6 +618,48 @@ class HttpSinkConnector(DeliveryMixin):
                 rt.callback_errors,
                 len(rt.scheduler),
             )
+            extra = rt.hooks.stats()
+        per_url, retries, failures, latency = rt.metrics.snapshot()
+        breaker = rt.hooks.breaker
+        return SinkStats(
+            *counters,
+            **extra,
+            per_url=per_url,
+            retries_by_cause=retries,
+            failures_by_kind=failures,
+            latency_p50=latency.percentile(0.50),
+            latency_p95=latency.percentile(0.95),
+            latency_p99=latency.percentile(0.99),
+            latency=latency,
+            breaker=breaker.states() if breaker is not None else {},
+        )
+
+    def export(
+        self, page_num: int = 1, page_size: int = 10, mode: typing.Literal["peek", "poll"] = "peek"
+    ) -> dict[str, Any]:
+        """A page of the result store (EventMesh's webhook export); needs ``result_store``.
+
+        ``peek`` returns entries ``(page_num - 1) * page_size`` onwards and keeps
+        them; ``poll`` removes and returns the oldest ``page_size`` entries.
+
+        Returns:
+            ``{"pageNum", "pageSize" (items returned), "pageItems": [...]}``.
+
+        Raises:
+            RuntimeError: the config has no ``result_store``.
+            ValueError: a parameter is out of range.
+        """
+        if self._store is None:
+            raise RuntimeError("export() needs HttpSinkConfig(result_store=ResultStoreConfig(...))")
+        return self._store.export(page_num, page_size, mode)
+
+    @property
+    def export_url(self) -> str | None:
+        """The URL of the running export endpoint, or ``None`` (not configured, not started, closed)."""
+        rt = self._rt
+        if rt is None or self._state != _OPEN or rt.hooks.server is None:
+            return None
+        return rt.hooks.server.url
 
 
 def _closed_error(future: _RecordFuture, cause: BaseException | None = None) -> SinkClosedError:
@@ -607,10 +705,11 @@ def _after_fork_in_child() -> None:
         ):
             reset.add(id(session))
             reset_session_pools_after_fork(session)
-        # Connector-level helpers (failover state, bearer token) guard their state with
-        # a lock a parent thread may have held at the fork: no child thread would release it.
+        # Connector-level helpers (failover state, bearer token, result store) guard their state
+        # with a lock a parent thread may have held at the fork: no child thread would release it.
         opts = getattr(connector, "_opts", None)
-        for helper in (getattr(connector, "_strategy", None), getattr(opts, "_token", None)):
+        helpers = (getattr(connector, "_strategy", None), getattr(opts, "_token", None))
+        for helper in (*helpers, getattr(connector, "_store", None)):
             if isinstance(getattr(helper, "_lock", None), _LOCK_TYPE):
                 helper._lock = threading.Lock()  # type: ignore[union-attr]
 

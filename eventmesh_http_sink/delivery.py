@@ -159,6 +159,10 @@ class DeliveryMixin:
             rt.in_flight -= len(units)
         now = time.monotonic()
         for unit, outcome in zip(units, errors, strict=True):
+            # The result store keeps one entry per record and attempt, batched or not.
+            rt.hooks.after_attempt(
+                unit._rec, unit._attempts, url, response if outcome is None else None, outcome
+            )
             if outcome is None:
                 self._strategy.report(unit, url, None, False)
                 result = SendResult(

@@ -16,6 +16,7 @@ __all__ = [
     "BatchRecordError",
     "BroadcastError",
     "BusinessError",
+    "CircuitOpenError",
     "ConfigError",
     "ConnectTimeoutError",
     "EndpointUnavailableError",
@@ -179,3 +180,10 @@ class ReadTimeoutError(_TransientError, TimeoutError):
 
 class ResponseError(_TransientError):
     """The response was unreadable: reset, truncated, or not HTTP."""
+
+
+class CircuitOpenError(SinkError):
+    """The circuit breaker of the record's URL is open and ``when_open="fail"``.
+
+    The record was not sent; no attempt was made to that URL.
+    """
