@@ -289,7 +289,7 @@ class HttpSinkConfig:
         default=DEFAULT_SENSITIVE_HEADERS, converter=_to_lower_set, kw_only=True
     )
     exit_timeout: float = attrs.field(default=5.0, validator=_non_negative, kw_only=True)
-    # -- delivery options (see docs/delivery.md); their logic lives in strategies.py,
+    # -- delivery options (see the README, "Delivery options"); their logic lives in strategies.py,
     # batching.py, encoding.py and request_options.py.
     delivery_strategy: Literal["round_robin", "broadcast", "failover"] = attrs.field(
         default="round_robin", validator=_one_of("round_robin", "broadcast", "failover"), kw_only=True
@@ -336,7 +336,7 @@ class HttpSinkConfig:
             raise ConfigError("bearer_token", "must be a non-empty str or a callable returning one")
         check_header("Authorization", f"Bearer {value}", "bearer_token")
 
-    # Outcome features (docs/outcomes.md); their logic lives in result_store, dead_letter,
+    # Outcome features (README, "Outcomes that outlive the process"); their logic lives in result_store, dead_letter,
     # ratelimit and breaker.
     result_store: ResultStoreConfig | None = attrs.field(
         default=None, validator=_optional(_instance_of(ResultStoreConfig)), kw_only=True

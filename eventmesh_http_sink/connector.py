@@ -126,7 +126,7 @@ class SinkStats:
     in_flight: int
     callback_errors: int
     scheduled_retries: int
-    # Outcome features (zero when off): see hooks.py and docs/outcomes.md.
+    # Outcome features (zero when off): see hooks.py and the README.
     waiting: int = 0
     rate_limit_waits: int = 0
     circuits_open: int = 0
