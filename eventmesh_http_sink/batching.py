@@ -15,11 +15,12 @@ import json
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import attrs
 
-from .errors import ConfigError, InvalidRecordError, SinkError
+from ._validators import callable_, one_of, optional, positive, positive_int
+from .errors import InvalidRecordError, SinkError
 
 __all__ = ["BatchConfig", "Batcher", "ResultParser", "batch_body", "batch_item", "split_outcomes"]
 
@@ -29,26 +30,6 @@ T = TypeVar("T")
 ResultParser = Callable[[int, bytes, Sequence[Any]], Sequence[tuple[bool, str | None]]]
 
 _JSON_TYPES = ("application/json", "application/cloudevents+json")
-
-
-def _positive_int(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"batch.{attr.name}", f"must be a positive int, got {value!r}")
-
-
-def _positive(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(f"batch.{attr.name}", f"must be a positive number, got {value!r}")
-
-
-def _format(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-    if value not in ("json", "ndjson"):
-        raise ConfigError("batch.format", f"must be 'json' or 'ndjson', got {value!r}")
-
-
-def _parser(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and not callable(value):
-        raise ConfigError("batch.result_parser", f"must be callable, got {type(value).__name__}")
 
 
 @attrs.frozen
@@ -67,11 +48,13 @@ class BatchConfig:
             retried on their own. ``None``: the batch's status applies to all.
     """
 
-    max_records: int = attrs.field(default=100, validator=_positive_int)
-    max_bytes: int = attrs.field(default=1_048_576, validator=_positive_int)
-    linger: float = attrs.field(default=0.05, validator=_positive)
-    format: Literal["json", "ndjson"] = attrs.field(default="json", validator=_format)
-    result_parser: ResultParser | None = attrs.field(default=None, validator=_parser, eq=False)
+    _config_prefix: ClassVar[str] = "batch"  # ConfigError names "batch.<field>"
+
+    max_records: int = attrs.field(default=100, validator=positive_int)
+    max_bytes: int = attrs.field(default=1_048_576, validator=positive_int)
+    linger: float = attrs.field(default=0.05, validator=positive)
+    format: Literal["json", "ndjson"] = attrs.field(default="json", validator=one_of("json", "ndjson"))
+    result_parser: ResultParser | None = attrs.field(default=None, validator=optional(callable_), eq=False)
 
 
 def batch_item(record_id: str, body: bytes, content_type: str) -> bytes:

@@ -18,11 +18,12 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
 import attrs
 
-from .errors import CircuitOpenError, ConfigError, HttpStatusError, SinkError
+from ._validators import one_of, positive, positive_int
+from .errors import CircuitOpenError, HttpStatusError, SinkError
 
 __all__ = ["CircuitBreaker", "CircuitBreakerConfig", "is_endpoint_failure"]
 
@@ -31,21 +32,6 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 # How often a record waiting behind a half-open probe looks again: a tenth of
 # reset_timeout within these bounds, jittered so a backlog does not come back at once.
 _PROBE_POLL_MIN, _PROBE_POLL_MAX = 0.05, 1.0
-
-
-def _positive_int(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"circuit_breaker.{attr.name}", f"must be a positive int, got {value!r}")
-
-
-def _positive(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(f"circuit_breaker.{attr.name}", f"must be a positive number, got {value!r}")
-
-
-def _when_open(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-    if value not in ("wait", "fail"):
-        raise ConfigError(f"circuit_breaker.{attr.name}", f"must be 'wait' or 'fail', got {value!r}")
 
 
 @attrs.frozen
@@ -60,9 +46,11 @@ class CircuitBreakerConfig:
             with :class:`CircuitOpenError`.
     """
 
-    failure_threshold: int = attrs.field(default=20, validator=_positive_int)
-    reset_timeout: float = attrs.field(default=10.0, validator=_positive)
-    when_open: Literal["wait", "fail"] = attrs.field(default="wait", validator=_when_open)
+    _config_prefix: ClassVar[str] = "circuit_breaker"  # ConfigError names "circuit_breaker.<field>"
+
+    failure_threshold: int = attrs.field(default=20, validator=positive_int)
+    reset_timeout: float = attrs.field(default=10.0, validator=positive)
+    when_open: Literal["wait", "fail"] = attrs.field(default="wait", validator=one_of("wait", "fail"))
 
 
 def is_endpoint_failure(error: SinkError | None) -> bool:

@@ -16,6 +16,36 @@ from typing import Any, Literal
 import attrs
 from urllib3.util import parse_url
 
+from ._validators import (
+    boolean as _boolean,
+)
+from ._validators import (
+    callable_ as _callable,
+)
+from ._validators import (
+    instance_of as _instance_of,
+)
+from ._validators import (
+    non_empty_str as _non_empty_str,
+)
+from ._validators import (
+    non_negative as _non_negative,
+)
+from ._validators import (
+    non_negative_int as _non_negative_int,
+)
+from ._validators import (
+    one_of as _one_of,
+)
+from ._validators import (
+    optional as _optional,
+)
+from ._validators import (
+    positive as _positive,
+)
+from ._validators import (
+    positive_int as _positive_int,
+)
 from .batching import BatchConfig
 from .breaker import CircuitBreakerConfig
 from .errors import ConfigError
@@ -49,65 +79,7 @@ def check_header(name: object, value: object, where: str) -> None:
 
 
 # -- validators: each names the field through ``attr.name`` ------------------------------
-
-
-def _positive(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(attr.name, f"must be a positive number, got {value!r}")
-
-
-def _positive_int(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(attr.name, f"must be a positive int, got {value!r}")
-
-
-def _non_negative(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ConfigError(attr.name, f"must be a number >= 0, got {value!r}")
-
-
-def _non_negative_int(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(attr.name, f"must be an int >= 0, got {value!r}")
-
-
-def _optional(validator: Any) -> Any:
-    def check(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-        if value is not None:
-            validator(inst, attr, value)
-
-    return check
-
-
-def _one_of(*choices: str) -> Any:
-    def check(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-        if value not in choices:
-            raise ConfigError(attr.name, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
-
-    return check
-
-
-def _instance_of(cls: type) -> Any:
-    def check(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-        if not isinstance(value, cls):
-            raise ConfigError(attr.name, f"must be a {cls.__name__}, got {type(value).__name__}")
-
-    return check
-
-
-def _non_empty_str(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(attr.name, f"must be a non-empty str, got {value!r}")
-
-
-def _callable(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-    if not callable(value):
-        raise ConfigError(attr.name, f"must be callable, got {type(value).__name__}")
-
-
-def _boolean(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(attr.name, f"must be True or False, got {value!r}")
+# The generic ones live in _validators.py, shared with the nested config classes.
 
 
 def _dead_letter_target(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
@@ -336,8 +308,8 @@ class HttpSinkConfig:
             raise ConfigError("bearer_token", "must be a non-empty str or a callable returning one")
         check_header("Authorization", f"Bearer {value}", "bearer_token")
 
-    # Outcome features (README, "Outcomes that outlive the process"); their logic lives in result_store, dead_letter,
-    # ratelimit and breaker.
+    # Outcome features (README, "Outcomes that outlive the process"); their logic lives
+    # in result_store, dead_letter, ratelimit and breaker.
     result_store: ResultStoreConfig | None = attrs.field(
         default=None, validator=_optional(_instance_of(ResultStoreConfig)), kw_only=True
     )

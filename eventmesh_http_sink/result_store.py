@@ -22,10 +22,11 @@ import threading
 import urllib.parse
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 
+from ._validators import field_name, non_empty_str, positive_int
 from .errors import ConfigError
 
 __all__ = ["ExportServer", "ResultStore", "ResultStoreConfig"]
@@ -35,27 +36,17 @@ _MAX_MESSAGE = 256
 _MODES = ("peek", "poll")
 
 
-def _check_max_size(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"result_store.{attr.name}", f"must be a positive int, got {value!r}")
-
-
 def _check_port(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
-        raise ConfigError(f"result_store.{attr.name}", f"must be None or a port 0..65535, got {value!r}")
-
-
-def _check_host(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"result_store.{attr.name}", f"must be a non-empty str, got {value!r}")
+        raise ConfigError(field_name(inst, attr), f"must be None or a port 0..65535, got {value!r}")
 
 
 def _check_path(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, str) or not value.startswith("/") or "?" in value or "#" in value:
         raise ConfigError(
-            f"result_store.{attr.name}", f"must be a path starting with '/' (no query), got {value!r}"
+            field_name(inst, attr), f"must be a path starting with '/' (no query), got {value!r}"
         )
 
 
@@ -72,9 +63,11 @@ class ResultStoreConfig:
         export_path: The path of the export endpoint.
     """
 
-    max_size: int = attrs.field(default=5000, validator=_check_max_size)
+    _config_prefix: ClassVar[str] = "result_store"  # ConfigError names "result_store.<field>"
+
+    max_size: int = attrs.field(default=5000, validator=positive_int)
     serve_port: int | None = attrs.field(default=None, validator=_check_port)
-    serve_host: str = attrs.field(default="127.0.0.1", validator=_check_host)
+    serve_host: str = attrs.field(default="127.0.0.1", validator=non_empty_str)
     export_path: str = attrs.field(default="/export", validator=_check_path)
 
 
