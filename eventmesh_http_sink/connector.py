@@ -19,6 +19,7 @@ claims the record under the lock first, so a worker finishing late and
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import itertools
 import logging
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 import attrs
 
+from .concurrency import ConcurrencyLimit
 from .config import HttpSinkConfig
 from .errors import (
     ConfigError,
@@ -127,6 +129,12 @@ class _Runtime:
         self.executor = ThreadPoolExecutor(cfg.max_workers, thread_name_prefix="eventmesh-http-sink")
         self.scheduler: RetryScheduler[_RecordFuture] = RetryScheduler(connector._resubmit)
         self.next_index = itertools.count().__next__  # atomic under the GIL: lock-free round robin
+        # Records wait here for a worker loop (_work): no per-record executor
+        # task or second Future. deque append/popleft are atomic under the GIL.
+        self.queue: collections.deque[_RecordFuture] = collections.deque()
+        self.workers = 0  # worker loops running (under lock), at most limit.limit
+        self.limit = ConcurrencyLimit(cfg.max_workers)
+        self.sending: set[_RecordFuture] = set()  # in flight; set add/discard are atomic
 
 
 # Every connector, weakly: for the fork hook and the interpreter-exit hook.
@@ -290,11 +298,33 @@ class HttpSinkConnector:
             rt.pending += 1
             rt.submitted += 1
             rt.live.add(future)
-        future._t0 = time.monotonic()
+            future._t0 = time.monotonic()
+            rt.queue.append(future)
+            spawn = rt.workers < rt.limit.limit
+            if spawn:
+                rt.workers += 1
+        if spawn:
+            self._spawn(rt)
+
+    def _spawn(self, rt: _Runtime) -> None:
+        # Called after reserving a worker slot (rt.workers += 1 under the lock).
         try:
-            rt.executor.submit(self._attempt, future)
-        except RuntimeError as exc:  # close() shut the executor between our check and here
-            self._resolve(future, _closed_error(future, exc))
+            rt.executor.submit(self._work, rt)
+        except RuntimeError as exc:  # close() shut the executor: nothing queued will be sent
+            with rt.lock:
+                rt.workers -= 1
+            while rt.queue:
+                future = rt.queue.popleft()
+                self._resolve(future, _closed_error(future, exc))
+
+    def _dispatch(self, rt: _Runtime, future: _RecordFuture) -> None:
+        with rt.lock:
+            rt.queue.append(future)
+            spawn = rt.workers < rt.limit.limit
+            if spawn:
+                rt.workers += 1
+        if spawn:
+            self._spawn(rt)
 
     def _wait_for_room(self, rt: _Runtime, cfg: HttpSinkConfig) -> None:
         # Called with rt.lock held.
@@ -312,6 +342,42 @@ class HttpSinkConnector:
 
     # -- sending (worker threads) ------------------------------------------------------------
 
+    def _work(self, rt: _Runtime) -> None:
+        """A worker loop: send queued records until none is left or the limit shrank."""
+        queue = rt.queue
+        limit = rt.limit
+        attempt = self._attempt
+        while True:
+            try:
+                future = queue.popleft()
+            except IndexError:
+                with rt.lock:  # _dispatch appends under this lock: no record is stranded
+                    if queue:
+                        continue
+                    rt.workers -= 1
+                    return
+            t = time.monotonic()
+            try:
+                attempt(future)
+            except Exception as exc:  # a bug must neither kill the loop nor lose the record
+                _log.exception("sending record %s failed unexpectedly", future._rec.record_id)
+                error = SinkError(f"unexpected {type(exc).__name__}: {exc}", url=future._url)
+                error.__cause__ = exc
+                rt.sending.discard(future)
+                self._resolve(future, error)
+            if limit.observe(time.monotonic() - t):
+                while queue and rt.workers < limit.limit:  # the limit grew: more loops
+                    with rt.lock:
+                        if rt.workers >= limit.limit:
+                            break
+                        rt.workers += 1
+                    self._spawn(rt)
+            elif rt.workers > limit.limit:
+                with rt.lock:
+                    if rt.workers > limit.limit:
+                        rt.workers -= 1
+                        return
+
     def _attempt(self, future: _RecordFuture) -> None:
         rt = self._rt
         if rt is None or future.done():
@@ -320,8 +386,7 @@ class HttpSinkConnector:
         url = urls[0] if len(urls) == 1 else urls[rt.next_index() % len(urls)]
         future._url = url
         future._attempts += 1
-        with rt.lock:
-            rt.in_flight += 1
+        rt.sending.add(future)
         try:
             response = rt.transport.send(self._method, url, future._body, future._hdrs)
         except SinkError as exc:
@@ -341,7 +406,7 @@ class HttpSinkConnector:
                     time.monotonic() - future._t0,
                     response.body,
                 )
-                self._release_in_flight(rt)
+                self._release_in_flight(rt, future)
                 self._resolve(future, result)
                 return
             headers = response.headers
@@ -353,13 +418,12 @@ class HttpSinkConnector:
                 location=headers.get("Location") if 300 <= status < 400 else None,
                 retry_after=parse_retry_after(headers.get("Retry-After")),
             )
-        self._release_in_flight(rt)
+        self._release_in_flight(rt, future)
         self._retry_or_fail(rt, future, error)
 
     @staticmethod
-    def _release_in_flight(rt: _Runtime) -> None:
-        with rt.lock:
-            rt.in_flight -= 1
+    def _release_in_flight(rt: _Runtime, future: _RecordFuture) -> None:
+        rt.sending.discard(future)
 
     def _retry_or_fail(self, rt: _Runtime, future: _RecordFuture, error: SinkError) -> None:
         if future._waits is None:
@@ -387,7 +451,7 @@ class HttpSinkConnector:
         try:
             if rt is None:
                 raise RuntimeError("no runtime")
-            rt.executor.submit(self._attempt, future)
+            self._dispatch(rt, future)
         except RuntimeError as exc:
             self._resolve(future, _closed_error(future, exc))
 
@@ -538,7 +602,7 @@ class HttpSinkConnector:
                 rt.failed,
                 rt.retried,
                 rt.pending,
-                rt.in_flight,
+                len(rt.sending),
                 rt.callback_errors,
                 len(rt.scheduler),
             )
