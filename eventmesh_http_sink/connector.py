@@ -59,6 +59,7 @@ __all__ = ["HttpSinkConnector", "SinkStats"]
 _log = logging.getLogger("eventmesh_http_sink")
 _USER_AGENT = "eventmesh-http-sink/0.1"
 _NEW, _OPEN, _CLOSED = "new", "open", "closed"
+_RUNNING = "RUNNING"  # concurrent.futures._base.RUNNING
 
 # Flags the thread while it runs a record's callbacks, so flush() can refuse to
 # wait for itself.
@@ -281,8 +282,10 @@ class HttpSinkConnector:
         future = _RecordFuture(record, body, headers, contextvars.copy_context())
         # Our futures never enter CANCELLED: a record that is not delivered is
         # reported through on_exception(SinkClosedError), like any failure.
-        future.set_running_or_notify_cancel()
-        future.add_done_callback(self._on_done)
+        # No other thread can see this Future yet, so its condition need not be
+        # taken: this is set_running_or_notify_cancel() + add_done_callback().
+        future._state = _RUNNING
+        future._done_callbacks.append(self._on_done)  # type: ignore[attr-defined]
         return future
 
     def _submit(self, future: _RecordFuture) -> None:
