@@ -93,9 +93,16 @@ def run_requests_futures(url: str, n: int, workers: int) -> tuple[float, int]:
     from requests_futures.sessions import FuturesSession
 
     with FuturesSession(max_workers=workers) as session:
-        [f.result() for f in _warm(lambda: session.post(url, data=json.dumps(make_record(-1)), headers=HEADERS), workers)]
+        [
+            f.result()
+            for f in _warm(
+                lambda: session.post(url, data=json.dumps(make_record(-1)), headers=HEADERS), workers
+            )
+        ]
         t0 = time.perf_counter()
-        futures = [session.post(url, data=json.dumps(d, separators=(",", ":")), headers=HEADERS) for d in records(n)]
+        futures = [
+            session.post(url, data=json.dumps(d, separators=(",", ":")), headers=HEADERS) for d in records(n)
+        ]
         ok = sum(1 for f in futures if f.result().status_code == 200)
         elapsed = time.perf_counter() - t0
     return elapsed, ok
@@ -220,6 +227,10 @@ def _table(rates: dict[str, list[float]], base: str) -> dict[str, float]:
     return med
 
 
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
 def scenario_zero(args: argparse.Namespace) -> dict[str, Any]:
     from servers import start_fast_server, wrk_capacity
 
@@ -240,8 +251,8 @@ def scenario_zero(args: argparse.Namespace) -> dict[str, Any]:
     med = _table(rates, "requests-futures")
     r_rf = med["connector"] / med["requests-futures"]
     r_pool = med["connector"] / med["urllib3-pool+tpe"]
-    print(f"\n  target 1a: connector / requests-futures = {r_rf:.2f} (>= 3.0: {'met' if r_rf >= 3 else 'NOT met'})")
-    print(f"  target 1b: connector / urllib3 pool+TPE = {r_pool:.2f} (>= 1.0: {'met' if r_pool >= 1 else 'NOT met'})")
+    print(f"\n  target 1a: connector / requests-futures = {r_rf:.2f} (>= 3.0: {_met(r_rf >= 3)})")
+    print(f"  target 1b: connector / urllib3 pool+TPE = {r_pool:.2f} (>= 1.0: {_met(r_pool >= 1)})")
     if cap:
         top = max(med.values())
         print(f"  server headroom: fastest client {top:,.0f}/s is {top / cap:.0%} of wrk's {cap:,.0f}/s")
@@ -269,8 +280,10 @@ def scenario_delay(args: argparse.Namespace) -> dict[str, Any]:
     ideal = 16 / delay
     r16 = med["connector-16"] / ideal
     r64 = med["connector-64"] / med["urllib3-pool+tpe-64"]
-    print(f"\n  target 2a: connector-16 = {r16:.0%} of 16/{delay:g}s = {ideal:,.0f}/s (>= 90%: {'met' if r16 >= 0.9 else 'NOT met'})")
-    print(f"  target 2b: connector-64 / pool+TPE-64 = {r64:.2f} (>= 1.0: {'met' if r64 >= 1 else 'NOT met'})")
+    print(
+        f"\n  target 2a: connector-16 = {r16:.0%} of 16/{delay:g}s = {ideal:,.0f}/s (>= 90%: {_met(r16 >= 0.9)})"
+    )
+    print(f"  target 2b: connector-64 / pool+TPE-64 = {r64:.2f} (>= 1.0: {_met(r64 >= 1)})")
     return {"server": server.name, "wrk": cap, "medians": med, "rounds": rates}
 
 
@@ -286,8 +299,10 @@ def scenario_memory(args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     for mark in res["samples"]:
         print(f"  after {mark['records']:>9,} records: RSS {mark['rss_mb']:.1f} MB")
-    print(f"  peak RSS {res['peak_mb']:.1f} MB (< 120: {'met' if res['peak_mb'] < 120 else 'NOT met'}); "
-          f"growth 10%->100%: {res['growth_mb']:+.1f} MB; {res['rate']:,.0f} records/s")
+    print(
+        f"  peak RSS {res['peak_mb']:.1f} MB (< 120: {'met' if res['peak_mb'] < 120 else 'NOT met'}); "
+        f"growth 10%->100%: {res['growth_mb']:+.1f} MB; {res['rate']:,.0f} records/s"
+    )
     return res
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from eventmesh_http_sink import ConnectRecord, HttpSinkConfig, HttpSinkConnector  # noqa: E402
+from eventmesh_http_sink import ConnectRecord, HttpSinkConfig, HttpSinkConnector
 
 
 def rss_mb() -> tuple[float, float]:
@@ -53,8 +53,12 @@ def main() -> None:
         for i in range(n):
             sink.put(
                 ConnectRecord(
-                    {"id": i, "type": "order.created", "source": "/benchmarks/memory",
-                     "data": {"order": f"ORD-{i:08d}", "amount": 1234.5, "currency": "EUR"}},
+                    {
+                        "id": i,
+                        "type": "order.created",
+                        "source": "/benchmarks/memory",
+                        "data": {"order": f"ORD-{i:08d}", "amount": 1234.5, "currency": "EUR"},
+                    },
                     {"topic": "orders"},
                     callback=callback,
                 )
@@ -68,11 +72,20 @@ def main() -> None:
         sink.flush()
     elapsed = time.perf_counter() - t0
     peak = rss_mb()[1]
-    print(json.dumps({
-        "records": put, "complete": put == n, "ok": Count.ok, "failed": Count.failed,
-        "rate": put / elapsed, "peak_mb": peak, "samples": samples,
-        "growth_mb": samples[-1]["rss_mb"] - samples[0]["rss_mb"] if samples else 0.0,
-    }))
+    print(
+        json.dumps(
+            {
+                "records": put,
+                "complete": put == n,
+                "ok": Count.ok,
+                "failed": Count.failed,
+                "rate": put / elapsed,
+                "peak_mb": peak,
+                "samples": samples,
+                "growth_mb": samples[-1]["rss_mb"] - samples[0]["rss_mb"] if samples else 0.0,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

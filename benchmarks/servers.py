@@ -66,7 +66,8 @@ class H(asyncio.Protocol):
                 break
             head = buf[:end].lower()
             i = head.find(b"content-length:")
-            n = int(head[i + 15:head.find(b"\r\n", i) if head.find(b"\r\n", i) > 0 else None]) if i >= 0 else 0
+            j = head.find(b"\r\n", i)
+            n = int(head[i + 15 : j if j > 0 else None]) if i >= 0 else 0
             if len(buf) < end + 4 + n:
                 break
             buf = buf[end + 4 + n:]

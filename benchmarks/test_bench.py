@@ -24,9 +24,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import eventmesh_http_sink as sink_mod  # noqa: E402
-from eventmesh_http_sink import ConnectRecord, HttpSinkConfig, HttpSinkConnector  # noqa: E402
-from servers import ServerProcess, start_fast_server  # noqa: E402
+from servers import ServerProcess, start_fast_server
+
+import eventmesh_http_sink as sink_mod
+from eventmesh_http_sink import ConnectRecord, HttpSinkConfig, HttpSinkConnector
 
 
 def _records(request: pytest.FixtureRequest) -> int:

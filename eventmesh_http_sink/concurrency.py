@@ -64,10 +64,8 @@ class ConcurrencyLimit:
             self._min = min(self._min * (1.0 + _MIN_DECAY_PER_S * (now - self._last)), avg)
             self._last = now
             gradient = min(1.0, self._min / avg) if avg > 0 else 1.0
-            if gradient >= 0.95:
-                new = old * 2.0  # latency is flat: concurrency is free
-            else:
-                new = old * gradient + math.sqrt(old)
+            # Flat latency: concurrency is free, double. Else shrink towards the gradient.
+            new = old * 2.0 if gradient >= 0.95 else old * gradient + math.sqrt(old)
             self.limit = max(1, min(self.maximum, round(new)))
             return self.limit > old
         finally:
