@@ -49,7 +49,7 @@ http {{
 # (request line, headers, Content-Length body) and answering each request
 # ``delay`` seconds after it arrived, in order, on a kept-alive connection.
 _PY_SERVER = r"""
-import asyncio, socket, sys
+import asyncio, socket, socketserver, sys, threading, time
 DELAY = float(sys.argv[2])
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
 
@@ -80,6 +80,40 @@ class H(asyncio.Protocol):
         if not self.t.is_closing():
             self.t.write(RESPONSE)
 
+class Threaded(socketserver.StreamRequestHandler):
+    # One thread per connection, time.sleep for the delay: timer precision ~0.1 ms
+    # (asyncio's epoll timeouts round up to whole milliseconds).
+    def handle(self):
+        rf, wf = self.rfile, self.wfile
+        while True:
+            line = rf.readline(65537)
+            if not line:
+                return
+            t0 = time.monotonic()
+            n = 0
+            while True:
+                h = rf.readline(65537)
+                if h in (b"\r\n", b"\n", b""):
+                    break
+                if h[:15].lower() == b"content-length:":
+                    n = int(h[15:])
+            if n:
+                rf.read(n)
+            left = DELAY - (time.monotonic() - t0)
+            if left > 0:
+                time.sleep(left)
+            wf.write(RESPONSE)
+            wf.flush()
+
+def threaded():
+    socketserver.ThreadingTCPServer.daemon_threads = True
+    socketserver.ThreadingTCPServer.allow_reuse_address = True
+    socketserver.ThreadingTCPServer.request_queue_size = 1024
+    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Threaded)
+    print(srv.server_address[1], flush=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    time.sleep(float(sys.argv[1]))  # bounded lifetime
+
 async def main():
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -89,7 +123,10 @@ async def main():
     await asyncio.sleep(float(sys.argv[1]))  # bounded lifetime: never outlives a forgotten parent
     server.close()
 
-asyncio.run(main())
+if len(sys.argv) > 3 and sys.argv[3] == "threaded":
+    threaded()
+else:
+    asyncio.run(main())
 """
 
 
@@ -165,10 +202,16 @@ def start_nginx() -> ServerProcess:
     return ServerProcess("nginx", proc, port, tmp)
 
 
-def start_python_server(delay: float = 0.0, lifetime: float = 3600.0) -> ServerProcess:
-    """Start the asyncio server in a fresh interpreter, answering after ``delay`` seconds."""
+def start_python_server(
+    delay: float = 0.0, lifetime: float = 3600.0, *, threaded: bool = False
+) -> ServerProcess:
+    """Start the Python server in a fresh interpreter, answering after ``delay`` seconds.
+
+    ``threaded``: a thread per connection sleeping out the delay (precise to ~0.1 ms)
+    instead of the asyncio loop (whose timers fire up to 1 ms late).
+    """
     proc = subprocess.Popen(
-        [sys.executable, "-c", _PY_SERVER, str(lifetime), str(delay)],
+        [sys.executable, "-c", _PY_SERVER, str(lifetime), str(delay), "threaded" if threaded else "asyncio"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
@@ -179,7 +222,8 @@ def start_python_server(delay: float = 0.0, lifetime: float = 3600.0) -> ServerP
         raise RuntimeError("python server failed to start")
     port = int(line)
     _wait_listening(port, proc)
-    name = f"python asyncio ({delay * 1000:g} ms)" if delay else "python asyncio"
+    kind = "python threads" if threaded else "python asyncio"
+    name = f"{kind} ({delay * 1000:g} ms)" if delay else kind
     return ServerProcess(name, proc, port, None)
 
 
