@@ -148,6 +148,8 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()  # the port pipe: an unclosed one is a ResourceWarning
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
@@ -228,8 +230,10 @@ def start_python_server(
 
 
 def start_fast_server() -> ServerProcess:
-    """nginx when installed, else the asyncio server with no delay."""
-    return start_nginx() if nginx_path() else start_python_server(0.0)
+    """nginx when installed (unless ``EMHS_BENCH_SERVER=python``), else the asyncio server, no delay."""
+    if nginx_path() and os.environ.get("EMHS_BENCH_SERVER", "nginx") != "python":
+        return start_nginx()
+    return start_python_server(0.0)
 
 
 def wrk_capacity(url: str, connections: int = 16, seconds: float = 3.0) -> float | None:
