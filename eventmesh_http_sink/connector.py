@@ -360,15 +360,18 @@ class HttpSinkConnector:
                     rt.workers -= 1
                     return
             t = time.monotonic()
+            ok = False
             try:
-                attempt(future)
+                ok = attempt(future)
             except Exception as exc:  # a bug must neither kill the loop nor lose the record
                 _log.exception("sending record %s failed unexpectedly", future._rec.record_id)
                 error = SinkError(f"unexpected {type(exc).__name__}: {exc}", url=future._url)
                 error.__cause__ = exc
                 rt.sending.discard(future)
                 self._resolve(future, error)
-            if limit.observe(time.monotonic() - t):
+            # Fast failures (refused connections, skipped records) say nothing
+            # about the endpoint's latency: they would drag the minimum down.
+            if ok and limit.observe(time.monotonic() - t):
                 while queue and rt.workers < limit.limit:  # the limit grew: more loops
                     with rt.lock:
                         if rt.workers >= limit.limit:
@@ -381,10 +384,11 @@ class HttpSinkConnector:
                         rt.workers -= 1
                         return
 
-    def _attempt(self, future: _RecordFuture) -> None:
+    def _attempt(self, future: _RecordFuture) -> bool:
+        """One attempt; ``True`` when it got a 2xx (only those latencies feed the limit)."""
         rt = self._rt
         if rt is None or future.done():
-            return  # cancelled at close while queued
+            return False  # cancelled at close while queued
         urls = self._urls
         url = urls[0] if len(urls) == 1 else urls[rt.next_index() % len(urls)]
         future._url = url
@@ -411,7 +415,7 @@ class HttpSinkConnector:
                 )
                 self._release_in_flight(rt, future)
                 self._resolve(future, result)
-                return
+                return True
             headers = response.headers
             error = HttpStatusError(
                 status,
@@ -423,6 +427,7 @@ class HttpSinkConnector:
             )
         self._release_in_flight(rt, future)
         self._retry_or_fail(rt, future, error)
+        return False
 
     @staticmethod
     def _release_in_flight(rt: _Runtime, future: _RecordFuture) -> None:

@@ -79,3 +79,18 @@ def test_records_queued_at_close_deadline_are_reported_once(server, connector_fa
     assert len(recorder.failures) >= 8
     stats = sink.stats()
     assert stats.submitted == stats.succeeded + stats.failed == 10
+
+
+def test_fast_failures_do_not_teach_the_limit_a_latency(connector_factory, recorder) -> None:
+    import math
+
+    from eventmesh_http_sink import RetryConfig
+    from eventmesh_http_sink.testing import free_port
+
+    sink = connector_factory(f"http://127.0.0.1:{free_port()}/", retry=RetryConfig(max_retries=0))
+    records = [ConnectRecord(i, callback=recorder) for i in range(30)]
+    sink.put_all(records)
+    assert sink.flush(10)
+    recorder.assert_exactly_once([r.record_id for r in records])
+    assert len(recorder.failures) == 30
+    assert sink._rt.limit._min == math.inf  # refused connections were not observed
