@@ -71,7 +71,8 @@ def main() -> None:
                     break
         sink.flush()
     elapsed = time.perf_counter() - t0
-    peak = rss_mb()[1]
+    # VmHWM is updated lazily by the kernel: the peak is the larger of it and the samples.
+    peak = max([rss_mb()[1]] + [m["rss_mb"] for m in samples])
     print(
         json.dumps(
             {
