@@ -87,12 +87,18 @@ def _read_head(r: _Reader) -> tuple[int, str, bool, HTTPHeaderDict]:
     parts = lines[0].split(None, 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit() or len(parts[1]) != 3:
         raise r.bad(f"bad status line {lines[0][:100]!r}")
-    headers = HTTPHeaderDict()
+    pairs: list[list[str]] = []
     for line in lines[1:]:
+        if line[:1] in (b" ", b"\t") and pairs:  # obs-fold: continues the previous value
+            pairs[-1][1] = f"{pairs[-1][1]} {line.strip().decode('latin-1')}".strip()
+            continue
         name, colon, value = line.partition(b":")
         if not colon or not name or name != name.strip():
             raise r.bad(f"bad header line {line[:100]!r}")
-        headers.add(name.decode("latin-1"), value.strip().decode("latin-1"))
+        pairs.append([name.decode("latin-1"), value.strip().decode("latin-1")])
+    headers = HTTPHeaderDict()
+    for name_text, value_text in pairs:
+        headers.add(name_text, value_text)
     reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
     return int(parts[1]), reason, parts[0] == b"HTTP/1.0", headers
 
@@ -181,7 +187,12 @@ def send_plain(  # noqa: PLR0917 - one private call site, mirrors urlopen's argu
             timeout = max(0.001, min(timeout, deadline - time.monotonic()))
         if sock.gettimeout() != timeout:
             sock.settimeout(timeout)
-        sock.sendall(request)
+        try:
+            sock.sendall(request)
+        except (BrokenPipeError, ConnectionResetError):
+            # Like urlopen: a server may answer (413, 401...) and close before reading
+            # the whole body; its response is still readable. Else recv fails below.
+            pass
         r = _Reader(sock, url, deadline)
         while True:
             status, reason, http10, rheaders = _read_head(r)

@@ -186,3 +186,10 @@ def test_connector_delivers_through_the_fast_path(raw: RawServer) -> None:
     assert all(r.status == 200 for r in results)
     assert len(raw.requests) == 50
     assert all(b'\r\nextension: {"topic":"t"}\r\n' in r for r in raw.requests)
+
+
+def test_folded_header_is_joined(raw: RawServer) -> None:
+    raw.replies.append(b"HTTP/1.1 503 No\r\nRetry-After:\r\n  7\r\nContent-Length: 0\r\n\r\n")
+    resp = _transport(raw).send("POST", raw.url, b"a", {})
+    assert resp.status == 503
+    assert resp.headers["retry-after"].strip() == "7"
