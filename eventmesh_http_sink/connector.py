@@ -19,6 +19,7 @@ claims the record under the lock first, so a worker finishing late and
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import itertools
 import logging
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 import attrs
 
 from .batching import Batcher
+from .concurrency import ConcurrencyLimit
 from .config import HttpSinkConfig
 from .delivery import DeliveryMixin
 from .errors import (
@@ -164,12 +166,18 @@ class _Runtime:
         self.live: set[_RecordFuture] = set()  # accepted and not yet resolved
         self.pending = 0  # accepted and not yet finished (callback included)
         self.submitted = self.succeeded = self.failed = self.retried = 0
-        self.in_flight = self.callback_errors = 0
+        self.callback_errors = 0
         self.transport = transport
         self.hooks = Hooks(cfg, connector._store, connector._resubmit)
         self.executor = ThreadPoolExecutor(cfg.max_workers, thread_name_prefix="eventmesh-http-sink")
         self.scheduler: RetryScheduler[_RecordFuture] = RetryScheduler(connector._resubmit)
         self.next_index = itertools.count().__next__  # atomic under the GIL: lock-free round robin
+        # Records wait here for a worker loop (_work): no per-record executor
+        # task or second Future. deque append/popleft are atomic under the GIL.
+        self.queue: collections.deque[_RecordFuture] = collections.deque()
+        self.workers = 0  # worker loops running (under lock), at most limit.limit
+        self.limit = ConcurrencyLimit(cfg.max_workers)
+        self.sending: set[_RecordFuture] = set()  # in flight; set add/discard are atomic
         self.batcher = Batcher(cfg.batch, connector._send_batch) if cfg.batch is not None else None
         self.metrics = Metrics()
 
@@ -362,25 +370,85 @@ class HttpSinkConnector(DeliveryMixin):
                 )
             rt.not_full.wait(remaining)
 
+    def _enqueue(self, rt: _Runtime, future: _RecordFuture) -> None:
+        """Queue one record for a worker loop, starting a loop if the limit allows."""
+        with rt.lock:
+            rt.queue.append(future)
+            spawn = rt.workers < rt.limit.limit
+            if spawn:
+                rt.workers += 1
+        if spawn:
+            self._spawn(rt)
+
+    def _spawn(self, rt: _Runtime) -> None:
+        # Called after reserving a worker slot (rt.workers += 1 under the lock).
+        try:
+            rt.executor.submit(self._work, rt)
+        except RuntimeError as exc:  # close() shut the executor: nothing queued will be sent
+            with rt.lock:
+                rt.workers -= 1
+            while rt.queue:
+                future = rt.queue.popleft()
+                self._resolve(future, _closed_error(future, exc))
+
     # -- sending (worker threads) ------------------------------------------------------------
 
-    def _attempt(self, future: _RecordFuture) -> None:
+    def _work(self, rt: _Runtime) -> None:
+        """A worker loop: send queued records until none is left or the limit shrank."""
+        queue = rt.queue
+        limit = rt.limit
+        attempt = self._attempt
+        while True:
+            try:
+                future = queue.popleft()
+            except IndexError:
+                with rt.lock:  # _enqueue appends under this lock: no record is stranded
+                    if queue:
+                        continue
+                    rt.workers -= 1
+                    return
+            started = time.monotonic()
+            ok = False
+            try:
+                ok = attempt(future)
+            except Exception as exc:  # a bug must neither kill the loop nor lose the record
+                _log.exception("sending record %s failed unexpectedly", future._rec.record_id)
+                error = SinkError(f"unexpected {type(exc).__name__}: {exc}", url=future._url)
+                error.__cause__ = exc
+                rt.sending.discard(future)
+                self._resolve(future, error)
+            # Fast failures (refused connections, skipped records) say nothing
+            # about the endpoint's latency: they would drag the minimum down.
+            if ok and limit.observe(time.monotonic() - started):
+                while queue and rt.workers < limit.limit:  # the limit grew: more loops
+                    with rt.lock:
+                        if rt.workers >= limit.limit:
+                            break
+                        rt.workers += 1
+                    self._spawn(rt)
+            elif rt.workers > limit.limit:
+                with rt.lock:
+                    if rt.workers > limit.limit:
+                        rt.workers -= 1
+                        return
+
+    def _attempt(self, future: _RecordFuture) -> bool:
+        """One attempt; ``True`` when it got a 2xx (only those latencies feed the limit)."""
         rt = self._rt
         if rt is None or future.done():
-            return  # cancelled at close while queued
+            return False  # cancelled at close while queued
         url = self._strategy.choose(future, rt.next_index)
         if rt.hooks.active:
             verdict = rt.hooks.gate(future, url, self._urls)
             if verdict is None:
-                return  # waiting on a timer for a rate-limit token or a closed circuit
+                return False  # waiting on a timer for a rate-limit token or a closed circuit
             if isinstance(verdict, SinkError):
                 self._resolve(future, verdict)
-                return
+                return False
             url = verdict  # round robin: another URL when this one's circuit is open
         future._url = url
         future._attempts += 1
-        with rt.lock:
-            rt.in_flight += 1
+        rt.sending.add(future)
         try:
             if self._opts.passthrough:
                 response = rt.transport.send(self._method, url, future._body, future._hdrs)
@@ -404,10 +472,10 @@ class HttpSinkConnector(DeliveryMixin):
                     response.body,
                 )
                 rt.hooks.after_attempt(future._rec, future._attempts, url, response, None)
-                self._release_in_flight(rt)
+                rt.sending.discard(future)
                 self._strategy.report(future, url, None, False)
                 self._resolve(future, result)
-                return
+                return True
             headers = response.headers
             error = HttpStatusError(
                 status,
@@ -418,14 +486,10 @@ class HttpSinkConnector(DeliveryMixin):
                 retry_after=parse_retry_after(headers.get("Retry-After")),
             )
         rt.hooks.after_attempt(future._rec, future._attempts, url, None, error)
-        self._release_in_flight(rt)
+        rt.sending.discard(future)
         self._strategy.report(future, url, error, self._policy.is_retryable(error))
         self._retry_or_fail(rt, future, error)
-
-    @staticmethod
-    def _release_in_flight(rt: _Runtime) -> None:
-        with rt.lock:
-            rt.in_flight -= 1
+        return False
 
     def _retry_or_fail(self, rt: _Runtime, future: _RecordFuture, error: SinkError) -> None:
         if future._waits is None:
@@ -614,7 +678,7 @@ class HttpSinkConnector(DeliveryMixin):
                 rt.failed,
                 rt.retried,
                 rt.pending,
-                rt.in_flight,
+                len(rt.sending),
                 rt.callback_errors,
                 len(rt.scheduler),
             )

@@ -56,7 +56,7 @@ class DeliveryMixin:
         _method: str
 
         def _resolve(self, future: _RecordFuture, outcome: SendResult | SinkError) -> bool: ...
-        def _attempt(self, future: _RecordFuture) -> None: ...
+        def _enqueue(self, rt: _Runtime, future: _RecordFuture) -> None: ...
         def _retry_or_fail(self, rt: _Runtime, future: _RecordFuture, error: SinkError) -> None: ...
 
     def _dispatch(self, rt: _Runtime, future: _RecordFuture) -> None:
@@ -88,7 +88,7 @@ class DeliveryMixin:
         batcher = rt.batcher
         try:
             if batcher is None:
-                rt.executor.submit(self._attempt, unit)
+                self._enqueue(rt, unit)
                 return
             url = self._strategy.choose(unit, rt.next_index)
             if batcher.add(url, unit, len(unit._item)):
@@ -133,8 +133,7 @@ class DeliveryMixin:
         for unit in units:
             unit._url = url
             unit._attempts += 1
-        with rt.lock:
-            rt.in_flight += len(units)
+        rt.sending.update(units)
         errors: list[SinkError | None]
         status = 0
         try:
@@ -155,8 +154,7 @@ class DeliveryMixin:
                 )
             else:
                 errors = [None] * len(units)
-        with rt.lock:
-            rt.in_flight -= len(units)
+        rt.sending.difference_update(units)
         now = time.monotonic()
         for unit, outcome in zip(units, errors, strict=True):
             # The result store keeps one entry per record and attempt, batched or not.

@@ -36,6 +36,7 @@ from .errors import (
     ResponseError,
     SinkError,
 )
+from .fastpath import send_plain
 
 if TYPE_CHECKING:
     import requests
@@ -181,6 +182,10 @@ class Urllib3Transport:
         # url -> (pool, path with query): resolved once, so a request parses nothing.
         self._targets: dict[str, tuple[_HTTPPool | _HTTPSPool, str]] = {}
         self._lock = threading.Lock()
+        # Plain-HTTP pools send through fastpath.send_plain (see there), unless a
+        # configured Host header must replace the computed one.
+        self._plain: dict[str, str] = {}  # url -> Host header, for http:// targets
+        self._fast = not any(name.lower() == "host" for name in config.headers)
         for url in config.urls:
             self._target(url)
         if not config.verify and not Urllib3Transport._insecure_warned:
@@ -200,6 +205,8 @@ class Urllib3Transport:
             if pool is None:
                 pool = self._pools[(scheme, host, port)] = self._new_pool(scheme, host, port)
             target = self._targets[url] = (pool, parsed.request_uri)
+            if scheme == "http" and self._fast:
+                self._plain[url] = host if port == 80 else f"{host}:{port}"
         return target
 
     def _new_pool(self, scheme: str, host: str, port: int) -> _HTTPPool | _HTTPSPool:
@@ -233,6 +240,29 @@ class Urllib3Transport:
         """Make one attempt. See :class:`Transport`."""
         pool, path = self._targets.get(url) or self._target(url)
         deadline = None if self._attempt_timeout is None else time.monotonic() + self._attempt_timeout
+        host_header = self._plain.get(url)
+        if host_header is not None:
+            cfg = self._config
+            try:
+                status, reason, rheaders, data = send_plain(
+                    pool,
+                    host_header,
+                    method,
+                    path,
+                    url,
+                    body,
+                    headers,
+                    connect_timeout=cfg.connect_timeout,
+                    read_timeout=cfg.read_timeout,
+                    deadline=deadline,
+                    keep=self._keep,
+                    drain_limit=_DRAIN_LIMIT,
+                )
+            except SinkError:
+                raise
+            except Exception as exc:
+                raise map_urllib3_error(exc, url) from exc
+            return Response(status, reason, rheaders, data)
         try:
             resp = pool.urlopen(
                 method,

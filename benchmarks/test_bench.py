@@ -1,0 +1,172 @@
+"""The pytest-benchmark suite (``tox -e bench``; CI: ``pytest benchmarks --benchmark-disable``).
+
+Against a loopback nginx when installed, else the asyncio server of
+``servers.py``. Each benchmark also asserts that every record was delivered,
+so the smoke run (``--benchmark-disable``: one pass each, small N) checks that
+the measured paths work. Sizes grow with ``EMHS_BENCH_RECORDS`` (default 2,000;
+1,000 in the smoke run).
+
+Figures are reported, never asserted: the targets are judged from
+``compare.py``'s side-by-side ratios (see README.md).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from servers import ServerProcess, start_fast_server
+
+import eventmesh_http_sink as sink_mod
+from eventmesh_http_sink import ConnectRecord, HttpSinkConfig, HttpSinkConnector
+
+
+def _records(request: pytest.FixtureRequest) -> int:
+    disabled = request.config.getoption("benchmark_disable", default=False)
+    return int(os.environ.get("EMHS_BENCH_RECORDS", "1000" if disabled else "2000"))
+
+
+def _data(i: int) -> dict[str, Any]:
+    return {
+        "id": i,
+        "type": "order.created",
+        "source": "/benchmarks",
+        "time": 1764201600000 + i,
+        "data": {"order": f"ORD-{i:08d}", "amount": 1234.5, "currency": "EUR", "items": 3},
+    }
+
+
+class Count:
+    """A SendMessageCallback counting outcomes."""
+
+    def __init__(self) -> None:
+        self.ok = 0
+        self.failed = 0
+
+    def on_success(self, result: Any) -> None:
+        self.ok += 1
+
+    def on_exception(self, context: Any) -> None:
+        self.failed += 1
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    with start_fast_server() as srv:
+        yield srv
+
+
+def test_put_latency(benchmark: Any, server: ServerProcess) -> None:
+    """One ``put()`` call of a ready record, not blocked by backpressure (target: median < 20 µs).
+
+    The endpoint answers at once and max_pending is far above what one round
+    puts, so ``put`` never waits; the connector is flushed between rounds.
+    """
+    callback = Count()
+    config = HttpSinkConfig(server.url, max_workers=16, max_pending=1_000_000)
+    data = _data(1)
+    with HttpSinkConnector(config) as sink:
+        sink.put(ConnectRecord(data, callback=callback))  # start threads and pools
+
+        def new_record() -> tuple[tuple[ConnectRecord], dict[str, Any]]:
+            # Building the record (its UUID, its validators) is the caller's work, not put()'s.
+            return (ConnectRecord(data, callback=callback),), {}
+
+        benchmark.pedantic(sink.put, setup=new_record, rounds=2000, warmup_rounds=100)
+        assert sink.flush(60)
+        assert callback.failed == 0
+        assert callback.ok == sink.stats().succeeded
+
+
+def test_throughput_one_request_per_record(benchmark: Any, server: ServerProcess, request: Any) -> None:
+    """End-to-end records/s, one POST per record, 16 workers (see compare.py for the ratios)."""
+    n = _records(request)
+    config = HttpSinkConfig(server.url, max_workers=16, max_pending=max(10_000, n))
+
+    def run() -> float:
+        callback = Count()
+        with HttpSinkConnector(config) as sink:
+            t0 = time.perf_counter()
+            for i in range(n):
+                sink.put(ConnectRecord(_data(i), callback=callback))
+            assert sink.flush(120)
+            elapsed = time.perf_counter() - t0
+        assert callback.ok == n, (callback.ok, callback.failed)
+        return n / elapsed
+
+    rate = benchmark.pedantic(run, rounds=3, iterations=1)
+    benchmark.extra_info["records"] = n
+    benchmark.extra_info["records_per_s"] = round(rate)
+
+
+def test_throughput_batched(benchmark: Any, server: ServerProcess, request: Any) -> None:
+    """Records/s with 100 records per request (target: >= 100,000 records/s)."""
+    batch_config = getattr(sink_mod, "BatchConfig", None)
+    if batch_config is None:
+        pytest.skip("batching is not on this branch: eventmesh_http_sink.BatchConfig does not exist")
+    n = _records(request) * 10
+    try:
+        config = HttpSinkConfig(
+            server.url, max_workers=16, max_pending=max(10_000, n), batch=batch_config(max_records=100)
+        )
+    except TypeError as exc:  # pragma: no cover - depends on the batching branch's API
+        pytest.skip(f"BatchConfig exists but its API differs from batch=BatchConfig(max_records=100): {exc}")
+
+    def run() -> float:
+        callback = Count()
+        with HttpSinkConnector(config) as sink:
+            t0 = time.perf_counter()
+            for i in range(n):
+                sink.put(ConnectRecord(_data(i), callback=callback))
+            assert sink.flush(120)
+            elapsed = time.perf_counter() - t0
+        assert callback.ok == n, (callback.ok, callback.failed)
+        return n / elapsed
+
+    rate = benchmark.pedantic(run, rounds=3, iterations=1)
+    benchmark.extra_info["records_per_s"] = round(rate)
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")  # pragma: no cover - not Linux
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
+def test_memory_long_run(benchmark: Any, server: ServerProcess, request: Any) -> None:
+    """RSS growth over a run of 10x N records with max_pending=1,000 (bounded by max_pending, not N).
+
+    The full 1,000,000-record run with max_pending=10,000 is
+    ``python benchmarks/compare.py --scenario memory`` (a minute or two).
+    """
+    n = _records(request) * 10
+    config = HttpSinkConfig(server.url, max_workers=16, max_pending=1_000)
+    samples: list[float] = []
+
+    def run() -> None:
+        callback = Count()
+        with HttpSinkConnector(config) as sink:
+            for i in range(n):
+                sink.put(ConnectRecord(_data(i), callback=callback))
+                if (i + 1) % (n // 5) == 0:
+                    gc.collect()
+                    samples.append(_rss_mb())
+            assert sink.flush(300)
+        assert callback.ok == n, (callback.ok, callback.failed)
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    growth = samples[-1] - samples[0]
+    benchmark.extra_info["rss_mb_samples"] = [round(s, 1) for s in samples]
+    benchmark.extra_info["rss_growth_mb"] = round(growth, 1)
+    print(f"\nRSS samples (MB) every {n // 5} records: {[round(s, 1) for s in samples]}")
