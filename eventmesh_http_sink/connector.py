@@ -42,7 +42,6 @@ from .config import HttpSinkConfig
 from .delivery import DeliveryMixin
 from .errors import (
     ConfigError,
-    HttpStatusError,
     InvalidRecordError,
     QueueFullError,
     RecordEncodingError,
@@ -52,10 +51,10 @@ from .errors import (
 from .hooks import Hooks
 from .metrics import HistogramSnapshot, Metrics, UrlStats
 from .records import ConnectRecord, encode_data, encode_extensions
-from .request_options import RequestOptions
+from .request_options import RequestOptions, status_error
 from .result_store import ResultStore
 from .results import SendExceptionContext, SendResult
-from .retry import RetryPolicy, RetryScheduler, parse_retry_after
+from .retry import RetryPolicy, RetryScheduler
 from .strategies import make_strategy
 from .transport import RequestsTransport, Transport, Urllib3Transport, reset_session_pools_after_fork
 
@@ -476,15 +475,7 @@ class HttpSinkConnector(DeliveryMixin):
                 self._strategy.report(future, url, None, False)
                 self._resolve(future, result)
                 return True
-            headers = response.headers
-            error = HttpStatusError(
-                status,
-                url=url,
-                reason=response.reason,
-                body=response.body,
-                location=headers.get("Location") if 300 <= status < 400 else None,
-                retry_after=parse_retry_after(headers.get("Retry-After")),
-            )
+            error = status_error(response, url)
         rt.hooks.after_attempt(future._rec, future._attempts, url, None, error)
         rt.sending.discard(future)
         self._strategy.report(future, url, error, self._policy.is_retryable(error))

@@ -116,7 +116,18 @@ def flush_connector() -> None:
             _log.exception("flushing the connector after a job failed")
 
 
-class ConnectorWorker(Worker):
+class _FlushAfterJob:
+    """Flushes the process's connector after every job, whatever the job did."""
+
+    def perform_job(self, *args: Any, **kwargs: Any) -> bool:
+        try:
+            done: bool = super().perform_job(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            flush_connector()
+        return done
+
+
+class ConnectorWorker(_FlushAfterJob, Worker):
     """An ``rq.Worker`` whose work horse flushes the connector before it exits.
 
     ``perform_job`` runs in the horse; the flush runs after the job function and
@@ -124,23 +135,9 @@ class ConnectorWorker(Worker):
     reported) even if the job did not wait for them.
     """
 
-    def perform_job(self, *args: Any, **kwargs: Any) -> bool:
-        try:
-            done: bool = super().perform_job(*args, **kwargs)
-        finally:
-            flush_connector()
-        return done
 
-
-class ConnectorSimpleWorker(SimpleWorker):
+class ConnectorSimpleWorker(_FlushAfterJob, SimpleWorker):
     """An ``rq.SimpleWorker`` (no fork: one connector kept warm across jobs) that flushes after each job."""
-
-    def perform_job(self, *args: Any, **kwargs: Any) -> bool:
-        try:
-            done: bool = super().perform_job(*args, **kwargs)
-        finally:
-            flush_connector()
-        return done
 
     def teardown(self) -> None:
         try:
