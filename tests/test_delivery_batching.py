@@ -22,32 +22,14 @@ from eventmesh_http_sink import (
     InvalidRecordError,
     QueueFullError,
     RetryConfig,
-    SendExceptionContext,
-    SendResult,
     SinkClosedError,
 )
 from eventmesh_http_sink.testing import FaultServer, Reply, RequestLog
 
+from .conftest import Recorder
+
 FAST_RETRY = RetryConfig(max_retries=3, initial_backoff=0.001, max_backoff=0.01)
 LONG = 30.0  # a linger no test waits for: only limits, flush() and close() send
-
-
-class Outcomes:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.calls: collections.Counter[str] = collections.Counter()
-        self.ok: dict[str, SendResult] = {}
-        self.failed: dict[str, SendExceptionContext] = {}
-
-    def on_success(self, result: SendResult) -> None:
-        with self.lock:
-            self.calls[result.record_id] += 1
-            self.ok[result.record_id] = result
-
-    def on_exception(self, context: SendExceptionContext) -> None:
-        with self.lock:
-            self.calls[context.record_id] += 1
-            self.failed[context.record_id] = context
 
 
 def keys_in(request: RequestLog) -> list[str]:
@@ -60,14 +42,14 @@ def server() -> Iterator[FaultServer]:
         yield s
 
 
-def records(n: int, outcomes: Outcomes | None = None, prefix: str = "r") -> list[ConnectRecord]:
+def records(n: int, outcomes: Recorder | None = None, prefix: str = "r") -> list[ConnectRecord]:
     return [
         ConnectRecord({"k": f"{prefix}{i}"}, callback=outcomes, record_id=f"{prefix}{i}") for i in range(n)
     ]
 
 
 def test_full_batches_go_at_once_and_flush_sends_the_partial_one(server: FaultServer) -> None:
-    outcomes = Outcomes()
+    outcomes = Recorder()
     cfg = HttpSinkConfig(server.url, batch=BatchConfig(max_records=100, linger=LONG))
     with HttpSinkConnector(cfg) as sink:
         futures = sink.put_all(records(250, outcomes))
@@ -78,7 +60,7 @@ def test_full_batches_go_at_once_and_flush_sends_the_partial_one(server: FaultSe
     assert sorted(sent) == sorted(f"r{i}" for i in range(250))
     assert server.requests[0].headers["content-type"] == "application/json"
     assert all(r.status == 200 and r.url == server.url and r.attempts == 1 for r in results)
-    assert set(outcomes.calls.values()) == {1} and len(outcomes.ok) == 250
+    assert set(outcomes.calls.values()) == {1} and len(outcomes.successes) == 250
 
 
 def test_linger_sends_a_partial_batch_without_flush(server: FaultServer) -> None:
@@ -112,7 +94,7 @@ def test_ndjson_format(server: FaultServer) -> None:
 
 def test_batch_status_applies_to_every_record_each_failing_once(server: FaultServer) -> None:
     server.responder = lambda request: Reply(400, body=b"bad batch")
-    outcomes = Outcomes()
+    outcomes = Recorder()
     cfg = HttpSinkConfig(server.url, batch=BatchConfig(linger=LONG), retry=FAST_RETRY)
     with HttpSinkConnector(cfg) as sink:
         futures = sink.put_all(records(10, outcomes))
@@ -120,7 +102,7 @@ def test_batch_status_applies_to_every_record_each_failing_once(server: FaultSer
     errors = [f.exception(0) for f in futures]
     assert all(isinstance(e, HttpStatusError) and e.status == 400 for e in errors)
     assert len({id(e) for e in errors}) == 10  # each record raises its own error object
-    assert set(outcomes.calls.values()) == {1} and len(outcomes.failed) == 10
+    assert set(outcomes.calls.values()) == {1} and len(outcomes.failures) == 10
     assert len(server.requests) == 1  # 400 is not retried
 
 
@@ -152,7 +134,7 @@ def test_result_parser_retries_only_the_failed_records(server: FaultServer) -> N
         return [(v["ok"], v["error"]) for v in json.loads(body)]
 
     server.responder = respond
-    outcomes = Outcomes()
+    outcomes = Recorder()
     cfg = HttpSinkConfig(server.url, batch=BatchConfig(linger=0.01, result_parser=parser), retry=FAST_RETRY)
     with HttpSinkConnector(cfg) as sink:
         futures = sink.put_all(records(10, outcomes))
@@ -160,7 +142,7 @@ def test_result_parser_retries_only_the_failed_records(server: FaultServer) -> N
     sent = collections.Counter(k for r in server.requests for k in keys_in(r))
     assert sent == {f"r{i}": 2 if f"r{i}" in failing else 1 for i in range(10)}
     assert {k for k, r in results.items() if r.attempts == 2} == failing
-    assert set(outcomes.calls.values()) == {1} and len(outcomes.ok) == 10
+    assert set(outcomes.calls.values()) == {1} and len(outcomes.successes) == 10
 
 
 def test_result_parser_failures_are_reported_per_record(server: FaultServer) -> None:
@@ -187,12 +169,12 @@ def test_a_broken_result_parser_fails_the_batch_without_losing_records(server: F
 
 
 def test_close_sends_partial_batches_instead_of_cancelling(server: FaultServer) -> None:
-    outcomes = Outcomes()
+    outcomes = Recorder()
     sink = HttpSinkConnector(HttpSinkConfig(server.url, batch=BatchConfig(linger=LONG)))
     futures = sink.put_all(records(7, outcomes))
     sink.close(10)
     assert [f.result(0).status for f in futures] == [200] * 7
-    assert len(outcomes.ok) == 7 and len(server.requests) == 1
+    assert len(outcomes.successes) == 7 and len(server.requests) == 1
 
 
 def test_put_stays_bounded_by_max_pending(server: FaultServer) -> None:
@@ -294,10 +276,10 @@ def test_batch_excludes_header_fn_and_must_be_a_batch_config() -> None:
 
 def test_close_cancels_a_stuck_batch_once(server: FaultServer) -> None:
     server.responder = lambda request: Reply.hang(3)
-    outcomes = Outcomes()
+    outcomes = Recorder()
     sink = HttpSinkConnector(HttpSinkConfig(server.url, batch=BatchConfig(linger=0.01), read_timeout=10))
     futures = sink.put_all(records(6, outcomes))
     sink.close(0.3)
     assert all(isinstance(f.exception(0), SinkClosedError) for f in futures)
-    assert set(outcomes.calls.values()) == {1} and len(outcomes.failed) == 6
+    assert set(outcomes.calls.values()) == {1} and len(outcomes.failures) == 6
     assert sink.stats().pending == 0

@@ -16,33 +16,13 @@ from eventmesh_http_sink import (
     HttpSinkConfig,
     HttpSinkConnector,
     RetryConfig,
-    SendExceptionContext,
-    SendResult,
     SinkClosedError,
 )
 from eventmesh_http_sink.testing import FaultServer, Reply
 
+from .conftest import Recorder
+
 FAST_RETRY = RetryConfig(max_retries=2, initial_backoff=0.001, max_backoff=0.01)
-
-
-class Outcomes:
-    """A callback that counts every call per record."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.calls: collections.Counter[str] = collections.Counter()
-        self.ok: dict[str, SendResult] = {}
-        self.failed: dict[str, SendExceptionContext] = {}
-
-    def on_success(self, result: SendResult) -> None:
-        with self.lock:
-            self.calls[result.record_id] += 1
-            self.ok[result.record_id] = result
-
-    def on_exception(self, context: SendExceptionContext) -> None:
-        with self.lock:
-            self.calls[context.record_id] += 1
-            self.failed[context.record_id] = context
 
 
 @pytest.fixture
@@ -55,7 +35,7 @@ def servers() -> Iterator[list[FaultServer]]:
 
 def test_round_robin_spreads_evenly_under_many_threads(servers: list[FaultServer]) -> None:
     cfg = HttpSinkConfig([s.url for s in servers], max_workers=16, retry=FAST_RETRY)
-    outcomes = Outcomes()
+    outcomes = Recorder()
     with HttpSinkConnector(cfg) as sink:
 
         def produce(n: int) -> None:
@@ -71,7 +51,7 @@ def test_round_robin_spreads_evenly_under_many_threads(servers: list[FaultServer
     counts = [len(s.requests) for s in servers]
     assert sum(counts) == 3000
     assert all(990 <= c <= 1010 for c in counts), counts
-    assert len(outcomes.ok) == 3000 and set(outcomes.calls.values()) == {1}
+    assert len(outcomes.successes) == 3000 and set(outcomes.calls.values()) == {1}
 
 
 def test_query_strings_are_kept(servers: list[FaultServer]) -> None:
@@ -83,7 +63,7 @@ def test_query_strings_are_kept(servers: list[FaultServer]) -> None:
 
 def test_broadcast_delivers_every_record_to_every_url(servers: list[FaultServer]) -> None:
     urls = [s.url for s in servers]
-    outcomes = Outcomes()
+    outcomes = Recorder()
     with HttpSinkConnector(HttpSinkConfig(urls, delivery_strategy="broadcast")) as sink:
         futures = [sink.put(ConnectRecord({"i": i}, callback=outcomes, record_id=f"b{i}")) for i in range(60)]
         results = [f.result(10) for f in futures]
@@ -99,7 +79,7 @@ def test_broadcast_failure_lists_each_failed_url(servers: list[FaultServer]) -> 
     urls = [s.url for s in servers]
     servers[1].responder = lambda request: Reply(500, body=b"down")
     servers[2].plan("r1", Reply(503), Reply(200))  # recovers on its own retry
-    outcomes = Outcomes()
+    outcomes = Recorder()
     cfg = HttpSinkConfig(urls, delivery_strategy="broadcast", retry=FAST_RETRY)
     with HttpSinkConnector(cfg) as sink:
         future = sink.put(ConnectRecord({"x": 1}, callback=outcomes, record_id="r1"))
@@ -113,7 +93,7 @@ def test_broadcast_failure_lists_each_failed_url(servers: list[FaultServer]) -> 
     assert servers[1].keys().count("r1") == 3  # its own retries: 1 + max_retries
     assert servers[2].keys().count("r1") == 2
     assert servers[0].keys().count("r1") == 1  # the healthy URL is not resent
-    assert outcomes.calls == {"r1": 1} and outcomes.failed["r1"].url is None
+    assert outcomes.calls == {"r1": 1} and outcomes.failures["r1"].url is None
     assert sink.stats().failed == 1
 
 
@@ -170,7 +150,7 @@ def test_failover_needs_two_urls() -> None:
 
 def test_close_cancels_a_stuck_broadcast_once(servers: list[FaultServer]) -> None:
     servers[1].responder = lambda request: Reply.hang(3)
-    outcomes = Outcomes()
+    outcomes = Recorder()
     cfg = HttpSinkConfig([s.url for s in servers], delivery_strategy="broadcast", read_timeout=10)
     sink = HttpSinkConnector(cfg)
     futures = [sink.put(ConnectRecord({"i": i}, callback=outcomes, record_id=f"c{i}")) for i in range(5)]
