@@ -87,23 +87,25 @@ def test_put_latency(benchmark: Any, server: ServerProcess) -> None:
         assert callback.ok == sink.stats().succeeded
 
 
+def _delivery_rate(config: HttpSinkConfig, n: int) -> float:
+    """Records/s from the first put() to the last callback; every record must succeed."""
+    callback = Count()
+    with HttpSinkConnector(config) as sink:
+        t0 = time.perf_counter()
+        for i in range(n):
+            sink.put(ConnectRecord(_data(i), callback=callback))
+        assert sink.flush(120)
+        elapsed = time.perf_counter() - t0
+    assert callback.ok == n, (callback.ok, callback.failed)
+    return n / elapsed
+
+
 def test_throughput_one_request_per_record(benchmark: Any, server: ServerProcess, request: Any) -> None:
     """End-to-end records/s, one POST per record, 16 workers (see compare.py for the ratios)."""
     n = _records(request)
     config = HttpSinkConfig(server.url, max_workers=16, max_pending=max(10_000, n))
 
-    def run() -> float:
-        callback = Count()
-        with HttpSinkConnector(config) as sink:
-            t0 = time.perf_counter()
-            for i in range(n):
-                sink.put(ConnectRecord(_data(i), callback=callback))
-            assert sink.flush(120)
-            elapsed = time.perf_counter() - t0
-        assert callback.ok == n, (callback.ok, callback.failed)
-        return n / elapsed
-
-    rate = benchmark.pedantic(run, rounds=3, iterations=1)
+    rate = benchmark.pedantic(_delivery_rate, args=(config, n), rounds=3, iterations=1)
     benchmark.extra_info["records"] = n
     benchmark.extra_info["records_per_s"] = round(rate)
 
@@ -121,18 +123,7 @@ def test_throughput_batched(benchmark: Any, server: ServerProcess, request: Any)
     except TypeError as exc:  # pragma: no cover - depends on the batching branch's API
         pytest.skip(f"BatchConfig exists but its API differs from batch=BatchConfig(max_records=100): {exc}")
 
-    def run() -> float:
-        callback = Count()
-        with HttpSinkConnector(config) as sink:
-            t0 = time.perf_counter()
-            for i in range(n):
-                sink.put(ConnectRecord(_data(i), callback=callback))
-            assert sink.flush(120)
-            elapsed = time.perf_counter() - t0
-        assert callback.ok == n, (callback.ok, callback.failed)
-        return n / elapsed
-
-    rate = benchmark.pedantic(run, rounds=3, iterations=1)
+    rate = benchmark.pedantic(_delivery_rate, args=(config, n), rounds=3, iterations=1)
     benchmark.extra_info["records_per_s"] = round(rate)
 
 
