@@ -31,9 +31,11 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from workload import Count, make_record, records  # benchmarks/ is sys.path[0] for this script
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -46,49 +48,24 @@ HEADERS = {"Content-Type": "application/json"}
 CLIENT_TIMEOUT = 600.0  # a single client run never takes longer than this
 
 
-def make_record(i: int) -> dict[str, Any]:
-    """A JSON object of ~150 bytes once encoded."""
-    return {
-        "id": i,
-        "type": "order.created",
-        "source": "/benchmarks/compare",
-        "time": 1764201600000 + i,
-        "data": {"order": f"ORD-{i:08d}", "amount": 1234.5, "currency": "EUR", "items": 3},
-    }
-
-
-def records(n: int) -> Iterator[dict[str, Any]]:
-    return (make_record(i) for i in range(n))
-
-
 # -- clients: each runs in its own interpreter, returns (seconds, delivered) ---------------
 
 
 def run_connector(url: str, n: int, workers: int) -> tuple[float, int]:
     from eventmesh_http_sink import ConnectRecord, HttpSinkConfig, HttpSinkConnector
 
-    class Count:
-        ok = 0
-        failed = 0
-
-        def on_success(self, result: Any) -> None:
-            Count.ok += 1
-
-        def on_exception(self, context: Any) -> None:
-            Count.failed += 1
-
     callback = Count()
     config = HttpSinkConfig(url, max_workers=workers, max_pending=max(10_000, n))
     with HttpSinkConnector(config) as sink:
         _warm(lambda: sink.put(ConnectRecord(make_record(-1), callback=callback)), workers)
         sink.flush()
-        Count.ok = 0
+        callback.ok = 0
         t0 = time.perf_counter()
         for data in records(n):
             sink.put(ConnectRecord(data, callback=callback))
         sink.flush()
         elapsed = time.perf_counter() - t0
-    return elapsed, Count.ok
+    return elapsed, callback.ok
 
 
 def run_requests_futures(url: str, n: int, workers: int) -> tuple[float, int]:

@@ -13,9 +13,10 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from workload import Count  # benchmarks/ is sys.path[0] for this script
 
 from eventmesh_http_sink import ConnectRecord, HttpSinkConfig, HttpSinkConnector
 
@@ -26,17 +27,6 @@ def rss_mb() -> tuple[float, float]:
         line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line
     )
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
-
-
-class Count:
-    ok = 0
-    failed = 0
-
-    def on_success(self, result: Any) -> None:
-        Count.ok += 1
-
-    def on_exception(self, context: Any) -> None:
-        Count.failed += 1
 
 
 def main() -> None:
@@ -78,8 +68,8 @@ def main() -> None:
             {
                 "records": put,
                 "complete": put == n,
-                "ok": Count.ok,
-                "failed": Count.failed,
+                "ok": callback.ok,
+                "failed": callback.failed,
                 "rate": put / elapsed,
                 "peak_mb": peak,
                 "samples": samples,

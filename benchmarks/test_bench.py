@@ -25,6 +25,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from servers import ServerProcess, start_fast_server
+from workload import Count, make_record
 
 import eventmesh_http_sink as sink_mod
 from eventmesh_http_sink import ConnectRecord, HttpSinkConfig, HttpSinkConnector
@@ -33,30 +34,6 @@ from eventmesh_http_sink import ConnectRecord, HttpSinkConfig, HttpSinkConnector
 def _records(request: pytest.FixtureRequest) -> int:
     disabled = request.config.getoption("benchmark_disable", default=False)
     return int(os.environ.get("EMHS_BENCH_RECORDS", "1000" if disabled else "2000"))
-
-
-def _data(i: int) -> dict[str, Any]:
-    return {
-        "id": i,
-        "type": "order.created",
-        "source": "/benchmarks",
-        "time": 1764201600000 + i,
-        "data": {"order": f"ORD-{i:08d}", "amount": 1234.5, "currency": "EUR", "items": 3},
-    }
-
-
-class Count:
-    """A SendMessageCallback counting outcomes."""
-
-    def __init__(self) -> None:
-        self.ok = 0
-        self.failed = 0
-
-    def on_success(self, result: Any) -> None:
-        self.ok += 1
-
-    def on_exception(self, context: Any) -> None:
-        self.failed += 1
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +50,7 @@ def test_put_latency(benchmark: Any, server: ServerProcess) -> None:
     """
     callback = Count()
     config = HttpSinkConfig(server.url, max_workers=16, max_pending=1_000_000)
-    data = _data(1)
+    data = make_record(1)
     with HttpSinkConnector(config) as sink:
         sink.put(ConnectRecord(data, callback=callback))  # start threads and pools
 
@@ -93,7 +70,7 @@ def _delivery_rate(config: HttpSinkConfig, n: int) -> float:
     with HttpSinkConnector(config) as sink:
         t0 = time.perf_counter()
         for i in range(n):
-            sink.put(ConnectRecord(_data(i), callback=callback))
+            sink.put(ConnectRecord(make_record(i), callback=callback))
         assert sink.flush(120)
         elapsed = time.perf_counter() - t0
     assert callback.ok == n, (callback.ok, callback.failed)
@@ -149,7 +126,7 @@ def test_memory_long_run(benchmark: Any, server: ServerProcess, request: Any) ->
         callback = Count()
         with HttpSinkConnector(config) as sink:
             for i in range(n):
-                sink.put(ConnectRecord(_data(i), callback=callback))
+                sink.put(ConnectRecord(make_record(i), callback=callback))
                 if (i + 1) % (n // 5) == 0:
                     gc.collect()
                     samples.append(_rss_mb())
