@@ -7,11 +7,9 @@ request over a urllib3 connection pool, and every accepted record gets exactly
 one outcome.
 """
 
-from .batching import BatchConfig
-from .breaker import CircuitBreakerConfig
 from .config import HttpSinkConfig, RetryConfig
 from .connector import HttpSinkConnector, SinkStats
-from .dead_letter import ReplayReport, replay
+from .dispatch.batching import BatchConfig
 from .errors import (
     BatchRecordError,
     BroadcastError,
@@ -29,13 +27,15 @@ from .errors import (
     SinkClosedError,
     SinkError,
 )
+from .integrations.per_process import ProcessConnector
+from .integrations.worker_batch import BatchDeliveryError, BatchSummary, deliver_batch, records_from_dicts
 from .metrics import HistogramSnapshot, UrlStats
-from .per_process import ProcessConnector
+from .outcomes.dead_letter import ReplayReport, replay
+from .outcomes.result_store import ResultStoreConfig
 from .records import ConnectRecord
-from .result_store import ResultStoreConfig
 from .results import SendExceptionContext, SendMessageCallback, SendResult
-from .transport import RequestsTransport, Response, Transport, Urllib3Transport
-from .worker_batch import BatchDeliveryError, BatchSummary, deliver_batch, records_from_dicts
+from .scheduling.breaker import CircuitBreakerConfig
+from .wire.transport import RequestsTransport, Response, Transport, Urllib3Transport
 
 __version__ = "0.1.0"
 

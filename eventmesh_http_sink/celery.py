@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING, Any
 
 from .config import HttpSinkConfig
 from .connector import HttpSinkConnector
-from .per_process import ProcessConnector
-from .worker_batch import BatchDeliveryError, BatchSummary, deliver_batch
+from .integrations.per_process import ProcessConnector
+from .integrations.worker_batch import BatchDeliveryError, BatchSummary, deliver_batch
 
 if TYPE_CHECKING:
     import requests
 
-    from .transport import Transport
+    from .wire.transport import Transport
 
 __all__ = ["TASK_NAME", "get_connector", "setup_celery"]
 

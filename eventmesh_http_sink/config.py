@@ -46,10 +46,10 @@ from ._validators import (
 from ._validators import (
     positive_int as _positive_int,
 )
-from .batching import BatchConfig
-from .breaker import CircuitBreakerConfig
+from .dispatch.batching import BatchConfig
 from .errors import ConfigError
-from .result_store import ResultStoreConfig
+from .outcomes.result_store import ResultStoreConfig
+from .scheduling.breaker import CircuitBreakerConfig
 
 __all__ = ["DEFAULT_SENSITIVE_HEADERS", "HttpSinkConfig", "RetryConfig", "check_header"]
 

@@ -36,10 +36,11 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 import attrs
 
-from .batching import Batcher
-from .concurrency import ConcurrencyLimit
 from .config import HttpSinkConfig
-from .delivery import DeliveryMixin
+from .dispatch.batching import Batcher
+from .dispatch.concurrency import ConcurrencyLimit
+from .dispatch.delivery import DeliveryMixin
+from .dispatch.strategies import make_strategy
 from .errors import (
     ConfigError,
     InvalidRecordError,
@@ -48,15 +49,14 @@ from .errors import (
     SinkClosedError,
     SinkError,
 )
-from .hooks import Hooks
 from .metrics import HistogramSnapshot, Metrics, UrlStats
+from .outcomes.hooks import Hooks
+from .outcomes.result_store import ResultStore
 from .records import ConnectRecord, encode_data, encode_extensions
-from .request_options import RequestOptions, status_error
-from .result_store import ResultStore
 from .results import SendExceptionContext, SendResult
-from .retry import RetryPolicy, RetryScheduler
-from .strategies import make_strategy
-from .transport import RequestsTransport, Transport, Urllib3Transport, reset_session_pools_after_fork
+from .scheduling.retry import RetryPolicy, RetryScheduler
+from .wire.request_options import RequestOptions, status_error
+from .wire.transport import RequestsTransport, Transport, Urllib3Transport, reset_session_pools_after_fork
 
 if TYPE_CHECKING:
     import requests

@@ -18,7 +18,8 @@ import attrs
 import pytest
 
 from eventmesh_http_sink import HttpSinkConfig
-from eventmesh_http_sink.cli import main, parse_line
+from eventmesh_http_sink.cli import main
+from eventmesh_http_sink.cli.main import parse_line
 from eventmesh_http_sink.testing import FaultServer, RandomFaults, Reply
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -400,7 +401,7 @@ def test_progress_falls_back_to_plain_lines_without_rich(monkeypatch: pytest.Mon
     import io
 
     from eventmesh_http_sink import HttpSinkConnector
-    from eventmesh_http_sink.cli_output import Progress
+    from eventmesh_http_sink.cli.output import Progress
 
     for name in ("rich", "rich.console", "rich.progress"):
         monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed

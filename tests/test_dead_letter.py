@@ -177,7 +177,7 @@ def test_dead_letter_config_is_validated(value, tmp_path):
 def test_writer_fsyncs_on_close_and_late_writes_leave_nothing_open(tmp_path, monkeypatch):
     import os
 
-    from eventmesh_http_sink.dead_letter import DeadLetterWriter
+    from eventmesh_http_sink.outcomes.dead_letter import DeadLetterWriter
 
     synced: list[int] = []
     real_fsync = os.fsync

@@ -28,7 +28,7 @@ from eventmesh_http_sink import (
     SinkError,
 )
 from eventmesh_http_sink.testing import FaultServer, Reply
-from eventmesh_http_sink.transport import Urllib3Transport
+from eventmesh_http_sink.wire.transport import Urllib3Transport
 
 FAST_RETRY = RetryConfig(max_retries=2, initial_backoff=0.001, max_backoff=0.01)
 

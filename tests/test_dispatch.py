@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from eventmesh_http_sink import ConnectRecord
-from eventmesh_http_sink.concurrency import ConcurrencyLimit
+from eventmesh_http_sink.dispatch.concurrency import ConcurrencyLimit
 from eventmesh_http_sink.testing import Reply
 
 

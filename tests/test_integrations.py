@@ -8,9 +8,13 @@ import os
 import pytest
 
 from eventmesh_http_sink import ConfigError, HttpSinkConfig, InvalidRecordError, SinkClosedError
-from eventmesh_http_sink.per_process import ProcessConnector
+from eventmesh_http_sink.integrations.per_process import ProcessConnector
+from eventmesh_http_sink.integrations.worker_batch import (
+    BatchDeliveryError,
+    deliver_batch,
+    records_from_dicts,
+)
 from eventmesh_http_sink.testing import Reply
-from eventmesh_http_sink.worker_batch import BatchDeliveryError, deliver_batch, records_from_dicts
 
 celery = pytest.importorskip("celery")
 ecelery = pytest.importorskip("eventmesh_http_sink.celery")

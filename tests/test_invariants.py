@@ -26,7 +26,7 @@ from eventmesh_http_sink import (
     SinkClosedError,
     SinkError,
 )
-from eventmesh_http_sink.retry import RetryPolicy
+from eventmesh_http_sink.scheduling.retry import RetryPolicy
 from eventmesh_http_sink.testing import FaultServer, Reply, free_port
 
 from .conftest import Recorder

@@ -15,7 +15,7 @@ from eventmesh_http_sink import (
     QueueFullError,
     RetryConfig,
 )
-from eventmesh_http_sink.ratelimit import TokenBucket
+from eventmesh_http_sink.scheduling.ratelimit import TokenBucket
 from eventmesh_http_sink.testing import FaultServer, Reply
 
 NO_RETRY = RetryConfig(max_retries=0)

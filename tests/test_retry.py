@@ -14,7 +14,7 @@ from eventmesh_http_sink import (
     RetryConfig,
 )
 from eventmesh_http_sink.errors import EndpointUnavailableError, ReadTimeoutError
-from eventmesh_http_sink.retry import RetryPolicy, RetryScheduler, parse_retry_after
+from eventmesh_http_sink.scheduling.retry import RetryPolicy, RetryScheduler, parse_retry_after
 from eventmesh_http_sink.testing import Reply, free_port
 
 FAST = RetryConfig(max_retries=3, initial_backoff=0.01, max_backoff=0.05)

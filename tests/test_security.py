@@ -56,7 +56,7 @@ def test_tls_verification_can_be_turned_off_explicitly(tls_server, connector_fac
 
     import urllib3
 
-    from eventmesh_http_sink.transport import Urllib3Transport
+    from eventmesh_http_sink.wire.transport import Urllib3Transport
 
     Urllib3Transport._insecure_warned = False
     with warnings.catch_warnings():

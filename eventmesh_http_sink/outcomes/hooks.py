@@ -20,15 +20,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .breaker import CircuitBreaker
-from .config import HttpSinkConfig
-from .dead_letter import DeadLetterWriter, dead_letter_entry
-from .errors import CircuitOpenError, SinkClosedError, SinkError
-from .ratelimit import TokenBucket
-from .records import ConnectRecord
-from .result_store import ExportServer, ResultStore
-from .retry import RetryScheduler
-from .transport import Response
+from eventmesh_http_sink.config import HttpSinkConfig
+from eventmesh_http_sink.errors import CircuitOpenError, SinkClosedError, SinkError
+from eventmesh_http_sink.outcomes.dead_letter import DeadLetterWriter, dead_letter_entry
+from eventmesh_http_sink.outcomes.result_store import ExportServer, ResultStore
+from eventmesh_http_sink.records import ConnectRecord
+from eventmesh_http_sink.scheduling.breaker import CircuitBreaker
+from eventmesh_http_sink.scheduling.ratelimit import TokenBucket
+from eventmesh_http_sink.scheduling.retry import RetryScheduler
+from eventmesh_http_sink.wire.transport import Response
 
 __all__ = ["Hooks"]
 

@@ -14,16 +14,22 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from .batching import batch_item
-from .config import check_header
-from .encoding import cloudevent_structured, make_encoder
-from .errors import BusinessError, ConfigError, HttpStatusError, InvalidRecordError, SinkError
-from .records import ConnectRecord
-from .retry import parse_retry_after
+from eventmesh_http_sink.config import check_header
+from eventmesh_http_sink.dispatch.batching import batch_item
+from eventmesh_http_sink.errors import (
+    BusinessError,
+    ConfigError,
+    HttpStatusError,
+    InvalidRecordError,
+    SinkError,
+)
+from eventmesh_http_sink.records import ConnectRecord
+from eventmesh_http_sink.scheduling.retry import parse_retry_after
+from eventmesh_http_sink.wire.encoding import cloudevent_structured, make_encoder
 
 if TYPE_CHECKING:
-    from .config import HttpSinkConfig
-    from .transport import Response, Transport
+    from eventmesh_http_sink.config import HttpSinkConfig
+    from eventmesh_http_sink.wire.transport import Response, Transport
 
 __all__ = ["BearerToken", "RequestOptions", "status_error"]
 

@@ -28,11 +28,11 @@ from typing import IO, TYPE_CHECKING, Any
 
 import attrs
 
-from .errors import SinkError
-from .records import BYTES_CONTENT_TYPE, JSON_CONTENT_TYPE, ConnectRecord, encode_data
+from eventmesh_http_sink.errors import SinkError
+from eventmesh_http_sink.records import BYTES_CONTENT_TYPE, JSON_CONTENT_TYPE, ConnectRecord, encode_data
 
 if TYPE_CHECKING:
-    from .connector import HttpSinkConnector
+    from eventmesh_http_sink.connector import HttpSinkConnector
 
 __all__ = ["DeadLetterWriter", "ReplayReport", "dead_letter_entry", "replay"]
 

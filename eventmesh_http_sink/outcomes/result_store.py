@@ -26,8 +26,8 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
-from ._validators import field_name, non_empty_str, positive_int
-from .errors import ConfigError
+from eventmesh_http_sink._validators import field_name, non_empty_str, positive_int
+from eventmesh_http_sink.errors import ConfigError
 
 __all__ = ["ExportServer", "ResultStore", "ResultStoreConfig"]
 

@@ -14,11 +14,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, InvalidRecordError
-from .records import ConnectRecord
+from eventmesh_http_sink.errors import ConfigError, InvalidRecordError
+from eventmesh_http_sink.records import ConnectRecord
 
 if TYPE_CHECKING:
-    from .config import HttpSinkConfig
+    from eventmesh_http_sink.config import HttpSinkConfig
 
 __all__ = ["Encoder", "cloudevent_structured", "make_encoder"]
 

@@ -16,18 +16,18 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from .batching import batch_body, batch_key, split_outcomes
-from .errors import SinkClosedError, SinkError
-from .request_options import status_error
-from .results import SendResult
-from .strategies import BroadcastJoin
+from eventmesh_http_sink.dispatch.batching import batch_body, batch_key, split_outcomes
+from eventmesh_http_sink.dispatch.strategies import BroadcastJoin
+from eventmesh_http_sink.errors import SinkClosedError, SinkError
+from eventmesh_http_sink.results import SendResult
+from eventmesh_http_sink.wire.request_options import status_error
 
 if TYPE_CHECKING:
-    from .config import HttpSinkConfig
-    from .connector import _RecordFuture, _Runtime
-    from .request_options import RequestOptions
-    from .retry import RetryPolicy
-    from .strategies import Strategy
+    from eventmesh_http_sink.config import HttpSinkConfig
+    from eventmesh_http_sink.connector import _RecordFuture, _Runtime
+    from eventmesh_http_sink.dispatch.strategies import Strategy
+    from eventmesh_http_sink.scheduling.retry import RetryPolicy
+    from eventmesh_http_sink.wire.request_options import RequestOptions
 
 __all__ = ["DeliveryMixin"]
 
@@ -64,7 +64,7 @@ class DeliveryMixin:
         if self.config.delivery_strategy != "broadcast":
             self._send_unit(rt, future)
             return
-        from .connector import _RecordFuture
+        from eventmesh_http_sink.connector import _RecordFuture
 
         urls = self._urls
         join = BroadcastJoin(future, urls, self._resolve)
@@ -180,7 +180,7 @@ class DeliveryMixin:
 
 
 def _closed(unit: Any, cause: BaseException) -> SinkClosedError:
-    from .connector import _closed_error
+    from eventmesh_http_sink.connector import _closed_error
 
     err: SinkClosedError = _closed_error(unit, cause)
     return err

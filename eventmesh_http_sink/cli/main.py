@@ -23,13 +23,13 @@ from typing import IO, Any
 
 import attrs
 
-from .config import DEFAULT_SENSITIVE_HEADERS, HttpSinkConfig, RetryConfig
-from .connector import HttpSinkConnector
-from .errors import ConfigError, InvalidRecordError, SinkError
-from .metrics import error_kind
-from .records import ConnectRecord
-from .results import SendExceptionContext, SendResult
-from .testing import FaultServer, RandomFaults, Reply, RequestLog
+from eventmesh_http_sink.config import DEFAULT_SENSITIVE_HEADERS, HttpSinkConfig, RetryConfig
+from eventmesh_http_sink.connector import HttpSinkConnector
+from eventmesh_http_sink.errors import ConfigError, InvalidRecordError, SinkError
+from eventmesh_http_sink.metrics import error_kind
+from eventmesh_http_sink.records import ConnectRecord
+from eventmesh_http_sink.results import SendExceptionContext, SendResult
+from eventmesh_http_sink.testing import FaultServer, RandomFaults, Reply, RequestLog
 
 __all__ = ["main"]
 
@@ -240,7 +240,7 @@ class _Tracker:
     """The callback of every record the CLI sends: remembers the first failures."""
 
     def __init__(self) -> None:
-        from .cli_output import FailureLog
+        from .output import FailureLog
 
         self.failures = FailureLog()
 
@@ -277,7 +277,7 @@ def _deliver(
     total: int | None,
     replay_path: str | None = None,
 ) -> int:
-    from .cli_output import Progress, Summary, render_summary
+    from .output import Progress, Summary, render_summary
 
     if args.progress_interval <= 0:
         raise UsageError("--progress-interval must be > 0")
@@ -371,7 +371,7 @@ def _written(st: Any) -> str:
 
 def _library_replay(path: str, connector: HttpSinkConnector, rejects: _Rejects) -> int:
     """Resend a dead-letter file; ``eventmesh_http_sink.replay`` when this build has it."""
-    package = importlib.import_module(__package__ or "eventmesh_http_sink")
+    package = importlib.import_module("eventmesh_http_sink")
     replay = getattr(package, "replay", None)
     if callable(replay):
         report = replay(path, connector)
@@ -622,7 +622,7 @@ def _add_demo_options(p: argparse.ArgumentParser) -> None:
 
 
 def _version() -> str:
-    from . import __version__
+    from eventmesh_http_sink import __version__
 
     return __version__
 

@@ -12,14 +12,14 @@ import os
 import threading
 from typing import TYPE_CHECKING
 
-from .config import HttpSinkConfig
-from .connector import HttpSinkConnector
-from .errors import ConfigError
+from eventmesh_http_sink.config import HttpSinkConfig
+from eventmesh_http_sink.connector import HttpSinkConnector
+from eventmesh_http_sink.errors import ConfigError
 
 if TYPE_CHECKING:
     import requests
 
-    from .transport import Transport
+    from eventmesh_http_sink.wire.transport import Transport
 
 __all__ = ["ProcessConnector"]
 

@@ -29,19 +29,19 @@ from urllib3 import exceptions as u3e
 from urllib3.connection import HTTPConnection
 from urllib3.util import parse_url
 
-from .errors import (
+from eventmesh_http_sink.errors import (
     ConnectTimeoutError,
     EndpointUnavailableError,
     ReadTimeoutError,
     ResponseError,
     SinkError,
 )
-from .fastpath import send_plain
+from eventmesh_http_sink.wire.fastpath import send_plain
 
 if TYPE_CHECKING:
     import requests
 
-    from .config import HttpSinkConfig
+    from eventmesh_http_sink.config import HttpSinkConfig
 
 __all__ = ["RequestsTransport", "Response", "Transport", "Urllib3Transport"]
 

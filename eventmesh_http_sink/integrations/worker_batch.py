@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, TypedDict
 
-from .connector import HttpSinkConnector
-from .errors import InvalidRecordError, SinkError
-from .records import ConnectRecord
-from .results import SendResult
+from eventmesh_http_sink.connector import HttpSinkConnector
+from eventmesh_http_sink.errors import InvalidRecordError, SinkError
+from eventmesh_http_sink.records import ConnectRecord
+from eventmesh_http_sink.results import SendResult
 
 __all__ = ["BatchDeliveryError", "BatchSummary", "deliver_batch", "records_from_dicts"]
 

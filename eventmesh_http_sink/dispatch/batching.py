@@ -19,8 +19,8 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import attrs
 
-from ._validators import callable_, one_of, optional, positive, positive_int
-from .errors import InvalidRecordError, SinkError
+from eventmesh_http_sink._validators import callable_, one_of, optional, positive, positive_int
+from eventmesh_http_sink.errors import InvalidRecordError, SinkError
 
 __all__ = ["BatchConfig", "Batcher", "ResultParser", "batch_body", "batch_item", "split_outcomes"]
 
@@ -104,7 +104,7 @@ def split_outcomes(
         err = SinkError(f"result_parser failed for a batch sent to {url}: {exc}", url=url, status=status)
         err.__cause__ = exc
         return [err] * len(records)
-    from .errors import BatchRecordError
+    from eventmesh_http_sink.errors import BatchRecordError
 
     results: list[SinkError | None] = []
     for ok, message in outcomes:

@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import attrs
 
-from .connector import SinkStats
+from eventmesh_http_sink.connector import SinkStats
 
 __all__ = ["FailureLog", "Progress", "Summary", "render_summary"]
 

@@ -22,8 +22,8 @@ from typing import ClassVar, Literal
 
 import attrs
 
-from ._validators import one_of, positive, positive_int
-from .errors import CircuitOpenError, HttpStatusError, SinkError
+from eventmesh_http_sink._validators import one_of, positive, positive_int
+from eventmesh_http_sink.errors import CircuitOpenError, HttpStatusError, SinkError
 
 __all__ = ["CircuitBreaker", "CircuitBreakerConfig", "is_endpoint_failure"]
 

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Protocol
 
-from .errors import BroadcastError, SinkClosedError, SinkError
-from .results import SendResult
+from eventmesh_http_sink.errors import BroadcastError, SinkClosedError, SinkError
+from eventmesh_http_sink.results import SendResult
 
 __all__ = ["BroadcastJoin", "Failover", "RoundRobin", "Strategy", "make_strategy"]
 

@@ -26,7 +26,7 @@ from typing import Any
 from urllib3 import HTTPHeaderDict
 from urllib3.exceptions import ProtocolError
 
-from .errors import ReadTimeoutError, SinkError
+from eventmesh_http_sink.errors import ReadTimeoutError, SinkError
 
 __all__ = ["send_plain"]
 

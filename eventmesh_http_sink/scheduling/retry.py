@@ -18,8 +18,8 @@ from typing import Any, Generic, TypeVar
 
 import backoff
 
-from .config import RetryConfig
-from .errors import HttpStatusError, SinkError
+from eventmesh_http_sink.config import RetryConfig
+from eventmesh_http_sink.errors import HttpStatusError, SinkError
 
 __all__ = ["RetryPolicy", "RetryScheduler", "parse_retry_after"]
 

@@ -1,0 +1,1 @@
+"""The dispatcher: queue, worker loops, concurrency limit, URL strategies and batching."""

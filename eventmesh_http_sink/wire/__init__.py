@@ -1,0 +1,1 @@
+"""The wire: one HTTP attempt (transports, request building and encoding)."""
