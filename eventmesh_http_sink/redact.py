@@ -49,7 +49,7 @@ def redact_url(url: str) -> str:
     """
     if "?" not in url and "#" not in url and "@" not in url:
         return url
-    rest, hash_, fragment = url.partition("#")
+    rest, hash_, _ = url.partition("#")
     rest, question, query = rest.partition("?")
     scheme, sep, after = rest.partition("://")
     if sep:
