@@ -87,6 +87,15 @@ def test_timeout_stops_reading_and_says_where(server, tmp_path):
     assert set(server.keys()) <= {"r0", "r1"}
 
 
+def test_a_closed_connector_stops_the_run_and_says_where(server, tmp_path):
+    path = tmp_path / "dl.jsonl"
+    path.write_bytes(b"".join(entry(f"r{i}") for i in range(5)))
+    sink = HttpSinkConnector(HttpSinkConfig(server.url))
+    sink.close()
+    report = replay(path, sink)
+    assert (report.resent, report.failed, report.stopped_at_line) == (0, 0, 1)
+
+
 def test_a_line_too_long_for_any_record_is_skipped_without_being_held(server, tmp_path):
     path = tmp_path / "dl.jsonl"
     path.write_bytes(entry("a") + b"z" * (3 << 20) + b"\n" + entry("b"))

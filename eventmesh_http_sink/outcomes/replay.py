@@ -23,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import attrs
 
-from eventmesh_http_sink.errors import QueueFullError, SinkError
+from eventmesh_http_sink.errors import QueueFullError, SinkClosedError, SinkError
 from eventmesh_http_sink.records import ConnectRecord
 
 if TYPE_CHECKING:
@@ -58,8 +58,8 @@ class ReplayReport:
         failed_ids: The record ids counted in ``failed``, in line order (an id appears
             once per line that failed).
         failed_lines: The line numbers counted in ``failed``, in the same order.
-        stopped_at_line: The first line not sent because ``timeout`` passed, to resume
-            from; ``None`` when the whole file was read.
+        stopped_at_line: The first line not sent because ``timeout`` passed or the
+            connector was closed, to resume from; ``None`` when the whole file was read.
     """
 
     resent: int
@@ -255,7 +255,7 @@ def replay(
 def _put(
     connector: HttpSinkConnector, record: ConnectRecord, line: int, tally: _Tally, deadline: float | None
 ) -> bool:
-    """Put one record; ``False`` when the deadline passed before the connector took it."""
+    """Put one record; ``False`` when the deadline passed or the connector closed before it took it."""
     while True:
         try:
             future = connector.put(record)
@@ -264,6 +264,9 @@ def _put(
                 return False
             tally.wait_for_one(deadline)
             continue
+        except SinkClosedError:  # nothing more will be taken: stop here, say where
+            _log.warning("replay: the connector was closed; stopped at line %d", line)
+            return False
         except SinkError as exc:  # refused: counts as a failure of this line
             _log.warning("replay: line %d (record %s) refused: %s", line, record.record_id, exc)
             tally.refused(line, record.record_id)
