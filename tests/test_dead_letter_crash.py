@@ -224,6 +224,7 @@ def test_full_disk_counts_what_the_file_holds_and_close_stops_everything(tmp_pat
     assert broken == ([len(entries) + 1] if cut else [])
     # One ERROR for the run of failures, no traceback, nothing printed raw.
     assert stderr.count("writing the dead letter of record") == 1, stderr
+    assert "ends inside a line" not in stderr  # its own cut line is the failure already logged
     assert "Traceback" not in stderr and "EFBIG" not in stderr.replace("File too large", "")
 
     # Space comes back: the next run starts on a new line, and counts what it writes.

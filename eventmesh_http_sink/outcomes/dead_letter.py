@@ -169,11 +169,13 @@ class DeadLetterWriter:
                 return False
         except OSError:
             return self._torn  # opened write-only (no read permission): trust our own writes
-        _log.warning(
-            "dead-letter file %s ends inside a line (a process stopped mid-write, or a disk was full):"
-            " the next entry starts on a new line; replay skips the broken one",
-            self._path,
-        )
+        if not self._torn:  # someone else's fragment (ours was logged as a failed write)
+            _log.warning(
+                "dead-letter file %s ends inside a line (a process stopped mid-write, or a disk"
+                " was full): the next entry starts on a new line; replay skips the broken one",
+                self._path,
+            )
+            self._torn = True
         return True
 
     def _count_error(self, record_id: str, exc: BaseException) -> None:
