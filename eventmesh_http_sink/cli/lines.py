@@ -96,7 +96,9 @@ class LineReader:
 
         def read() -> bytes | None:
             while not stop.is_set():
-                if regular or select.select([fd], [], [], _POLL)[0]:
+                if regular:
+                    return os.read(fd, _CHUNK)
+                if select.select([fd], [], [], _POLL)[0] and not stop.is_set():
                     return os.read(fd, _CHUNK)
             return None
 

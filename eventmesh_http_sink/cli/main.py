@@ -371,6 +371,8 @@ def cmd_receive(args: argparse.Namespace) -> int:
         try:
             write_out(f"listening on {server.url} (Ctrl-C to stop)\n")
             stop.event.wait()
+            if not stop.signum:
+                time.sleep(0.5)  # stdout's reader left: let the 500 being written reach its client
         finally:
             server.stop()
             receiver.close()
