@@ -153,6 +153,9 @@ class LineReader:
                 piece = b"".join([*self._partial, piece])
                 self._partial.clear()
                 self._partial_len = 0
+            if len(piece) > MAX_LINE_BYTES:
+                self._ready.append(Line(self._number, b"", too_long=True))
+                continue
             if self._number == 1 and piece.startswith(b"\xef\xbb\xbf"):
                 piece = piece[3:]  # a UTF-8 byte order mark, as some editors write
             piece = piece.removesuffix(b"\r")
