@@ -128,6 +128,10 @@ def test_a_dead_port_fails_everything_counts_no_rate_and_resends_from_the_file(t
     assert s["failures_went_to"] == dead.name and s["dead_lettered"] == 500
     assert sorted(ids_in(dead)) == sorted(f"r{i}" for i in range(500))
     assert s["resend_command"].endswith(f"replay {dead.name} {url} --retries 1")
+    text = run_cli("send", url, str(src), "--retries", "0", "--no-dead-letter", cwd=tmp_path).stdout
+    assert "failed records       the first 10 of 500 are listed" in text
+    [listed] = [line for line in text.splitlines() if line.startswith("  failed records r")]
+    assert listed.count(", r") == 9 and "EndpointUnavailableError cannot connect" in listed  # one line per error
     with FaultServer(port=int(url.rsplit(":", 1)[1].strip("/"))) as back:  # the endpoint comes back
         again = subprocess.run(
             as_command(s["resend_command"]), capture_output=True, text=True, cwd=tmp_path, env=cli_env()

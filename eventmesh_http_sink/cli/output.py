@@ -173,6 +173,8 @@ def summary_rows(s: Summary) -> list[tuple[str, str]]:
     ]
     if s.stopped_by:
         rows.append(("stopped by", s.stopped_by))
+    if s.failed_records and s.failed > len(s.failed_records):
+        rows.append(("failed records", f"the first {len(s.failed_records)} of {s.failed} are listed"))
     if s.failed or s.cancelled:
         if s.failures_went_to is None:
             went = f"this summary only (first {len(s.failed_records)} failed listed; --no-dead-letter)"
@@ -190,6 +192,17 @@ def summary_rows(s: Summary) -> list[tuple[str, str]]:
     return rows
 
 
+def failed_record_rows(s: Summary) -> list[tuple[str, str]]:
+    """The failed records kept for the summary, one row per distinct error: ``(ids, error)``."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for item in s.failed_records:
+        groups.setdefault((item["error"], item["message"]), []).append(item["record_id"])
+    return [
+        (("failed records " if len(ids) > 1 else "failed record ") + ", ".join(ids), f"{kind} {message}")
+        for (kind, message), ids in groups.items()
+    ]
+
+
 def render_summary(s: Summary, out: IO[str], fancy: bool) -> None:
     """Write the end-of-run table (a ``rich`` table when ``fancy`` and available)."""
     rows = summary_rows(s)
@@ -205,16 +218,14 @@ def render_summary(s: Summary, out: IO[str], fancy: bool) -> None:
             table.add_column()
             for label, value in rows:
                 table.add_row(label, value)
-            for item in s.failed_records:
-                table.add_row("  failed record", f"{item['record_id']}: {item['error']} {item['message']}")
+            for ids, error in failed_record_rows(s):
+                table.add_row(f"  {ids}", error)
             Console(file=out).print(table)
             return
     width = max(len(label) for label, _ in rows)
     lines = ["summary"]
     lines += [f"  {label:<{width}}  {value}" for label, value in rows]
-    lines += [
-        f"  failed record {item['record_id']}: {item['error']} {item['message']}" for item in s.failed_records
-    ]
+    lines += [f"  {ids}: {error}" for ids, error in failed_record_rows(s)]
     out.write("\n".join(lines) + "\n")
 
 
