@@ -13,6 +13,7 @@ import difflib
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -465,7 +466,7 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose unknown options get a "did you mean" and this (sub)command's usage."""
 
     def unknown(self, extras: list[str]) -> None:
-        options = [s for action in self._actions for s in action.option_strings]
+        options = sorted(set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", self.format_help())))
         hints = []
         for extra in extras:
             if extra.startswith("-"):
