@@ -228,3 +228,17 @@ def test_receive_whose_reader_went_away_answers_500_and_ends_quietly() -> None:
     _, err = receiver.communicate(timeout=10)
     assert receiver.returncode == 0 and not has_traceback(err), err
     assert "received 1 request(s); 1 could not be written and were answered 500" in err
+
+
+def test_a_stderr_reader_that_went_away_does_not_stop_the_run(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", [*records(30), "not json"])
+    with FaultServer() as server:
+        proc = start_cli(
+            "send", server.url, str(src), "--json", "--progress-interval", "0.01", "-v", cwd=tmp_path
+        )
+        assert proc.stderr is not None
+        proc.stderr.close()  # progress lines, the rejected line's report and logs meet a broken pipe
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 1  # the rejected line, nothing else
+    s = summary_of(out)
+    assert (s["read"], s["delivered"], s["rejected"]) == (31, 30, 1) and accounted(s)
