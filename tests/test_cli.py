@@ -131,7 +131,9 @@ def test_a_dead_port_fails_everything_counts_no_rate_and_resends_from_the_file(t
     text = run_cli("send", url, str(src), "--retries", "0", "--no-dead-letter", cwd=tmp_path).stdout
     assert "failed records       the first 10 of 500 are listed" in text
     [listed] = [line for line in text.splitlines() if line.startswith("  failed records r")]
-    assert listed.count(", r") == 9 and "EndpointUnavailableError cannot connect" in listed  # one line per error
+    assert (
+        listed.count(", r") == 9 and "EndpointUnavailableError cannot connect" in listed
+    )  # one line per error
     with FaultServer(port=int(url.rsplit(":", 1)[1].strip("/"))) as back:  # the endpoint comes back
         again = subprocess.run(
             as_command(s["resend_command"]), capture_output=True, text=True, cwd=tmp_path, env=cli_env()
@@ -541,3 +543,35 @@ def test_progress_falls_back_to_plain_lines_without_rich(monkeypatch: pytest.Mon
     assert progress.mode == "lines"
     progress.stop()
     assert out.getvalue().startswith("progress: sent 3  ") and "delivered 2  failed 1" in out.getvalue()
+
+
+def test_on_a_terminal_the_summary_is_a_table_and_the_resend_command_stays_whole(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", records(5))
+    url = f"http://127.0.0.1:{free_port()}/"
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [*COMMAND, "send", url, str(src), "--retries", "0"],
+        stdout=slave,
+        stderr=slave,
+        cwd=tmp_path,
+        env=cli_env(TERM="xterm", COLUMNS="60"),
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([master], [], [], 10)
+        try:
+            data = os.read(master, 65536) if ready else b""
+        except OSError:  # the pty closes with the process
+            data = b""
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=30)
+    os.close(master)
+    screen = b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n")
+    assert proc.returncode == 1
+    assert "eventmesh-http-sink summary" in screen and "│" in screen  # drawn as a table
+    [dead] = dead_letter_files(tmp_path)
+    [line] = [line for line in screen.splitlines() if line.startswith("resend them with: ")]
+    assert line.endswith(f"replay {dead.name} {url} --retries 0")  # one line, however narrow the table

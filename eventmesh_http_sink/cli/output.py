@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import sys
 import threading
 import time
@@ -193,14 +194,17 @@ def summary_rows(s: Summary) -> list[tuple[str, str]]:
 
 
 def failed_record_rows(s: Summary) -> list[tuple[str, str]]:
-    """The failed records kept for the summary, one row per distinct error: ``(ids, error)``."""
+    """The failed records kept for the summary, one row per distinct error: ``(label, "ids: error")``."""
     groups: dict[tuple[str, str], list[str]] = {}
     for item in s.failed_records:
         groups.setdefault((item["error"], item["message"]), []).append(item["record_id"])
     return [
-        (("failed records " if len(ids) > 1 else "failed record ") + ", ".join(ids), f"{kind} {message}")
+        ("failed records" if len(ids) > 1 else "failed record", f"{', '.join(ids)}: {kind} {message}")
         for (kind, message), ids in groups.items()
     ]
+
+
+_COMMAND_ROWS = ("resend them with", "rest of the input")
 
 
 def render_summary(s: Summary, out: IO[str], fancy: bool) -> None:
@@ -213,19 +217,25 @@ def render_summary(s: Summary, out: IO[str], fancy: bool) -> None:
         except ImportError:
             pass
         else:
+            # Commands to copy go below the table, whole on one line each.
+            commands = [(label, value) for label, value in rows if label in _COMMAND_ROWS]
             table = Table(title="eventmesh-http-sink summary", show_header=False)
-            table.add_column(style="bold")
-            table.add_column()
+            table.add_column(style="bold", no_wrap=True)
+            table.add_column(overflow="fold")  # wrapped, never cut
             for label, value in rows:
-                table.add_row(label, value)
-            for ids, error in failed_record_rows(s):
-                table.add_row(f"  {ids}", error)
-            Console(file=out).print(table)
+                if label not in _COMMAND_ROWS:
+                    table.add_row(label, value)
+            for label, value in failed_record_rows(s):
+                table.add_row(f"  {label}", value)
+            # `out` may be a buffer written to the terminal later: size and colour for the terminal.
+            width = shutil.get_terminal_size().columns
+            Console(file=out, force_terminal=True, width=width).print(table)
+            out.write("".join(f"{label}: {value}\n" for label, value in commands))
             return
     width = max(len(label) for label, _ in rows)
     lines = ["summary"]
     lines += [f"  {label:<{width}}  {value}" for label, value in rows]
-    lines += [f"  {ids}: {error}" for ids, error in failed_record_rows(s)]
+    lines += [f"  {label} {value}" for label, value in failed_record_rows(s)]
     out.write("\n".join(lines) + "\n")
 
 
