@@ -26,6 +26,7 @@ from .errors import (
     ResponseError,
     SinkClosedError,
     SinkError,
+    UnknownOptionError,
 )
 from .integrations.per_process import ProcessConnector
 from .integrations.worker_batch import BatchDeliveryError, BatchSummary, deliver_batch, records_from_dicts
@@ -74,6 +75,7 @@ __all__ = [
     "SinkError",
     "SinkStats",
     "Transport",
+    "UnknownOptionError",
     "UrlStats",
     "Urllib3Transport",
     "__version__",

@@ -26,6 +26,9 @@ from ._validators import (
     instance_of as _instance_of,
 )
 from ._validators import (
+    known_options as _known_options,
+)
+from ._validators import (
     non_empty_str as _non_empty_str,
 )
 from ._validators import (
@@ -146,6 +149,7 @@ def _to_lower_set(value: Any) -> frozenset[str]:
         ) from None
 
 
+@_known_options
 @attrs.frozen
 class RetryConfig:
     """When and how long to retry a failed attempt.
@@ -187,6 +191,7 @@ class RetryConfig:
             raise ConfigError("max_backoff", f"must be >= initial_backoff ({self.initial_backoff})")
 
 
+@_known_options
 @attrs.frozen(repr=False)
 class HttpSinkConfig:
     """Where and how records are delivered.

@@ -50,6 +50,7 @@ from .errors import (
     SinkError,
 )
 from .metrics import HistogramSnapshot, Metrics, UrlStats
+from .outcomes.failure_log import FailureLog
 from .outcomes.hooks import Hooks
 from .outcomes.result_store import ResultStore
 from .records import ConnectRecord, encode_data, encode_extensions
@@ -179,6 +180,7 @@ class _Runtime:
         self.sending: set[_RecordFuture] = set()  # in flight; set add/discard are atomic
         self.batcher = Batcher(cfg.batch, connector._send_batch) if cfg.batch is not None else None
         self.metrics = Metrics()
+        self.failures = FailureLog(_log)
 
 
 # Every connector, weakly: for the fork hook and the interpreter-exit hook.
@@ -535,12 +537,7 @@ class HttpSinkConnector(DeliveryMixin):
             if outcome.url is None:
                 outcome.url = future._url
             if not isinstance(outcome, SinkClosedError):
-                _log.warning(
-                    "record %s failed after %d attempt(s): %s",
-                    future._rec.record_id,
-                    future._attempts,
-                    outcome,
-                )
+                rt.failures.failed(future._rec.record_id, future._attempts, outcome)  # summarised per kind
             rt.hooks.on_failure(future, outcome)  # the dead letter is written before the callback runs
             future._ctx.run(future.set_exception, outcome)
         return True
@@ -647,6 +644,7 @@ class HttpSinkConnector(DeliveryMixin):
         if rt.batcher is not None:
             rt.batcher.stop()  # its records were among the leftovers
         rt.hooks.close()
+        rt.failures.close()  # the last summary line
         if leftovers:
             # Requests still on the wire: shut their sockets so workers return now.
             rt.transport.abort()

@@ -28,6 +28,7 @@ __all__ = [
     "ResponseError",
     "SinkClosedError",
     "SinkError",
+    "UnknownOptionError",
 ]
 
 
@@ -66,11 +67,25 @@ def _rebuild(cls: type[SinkError], message: str, state: dict[str, object]) -> Si
 
 
 class ConfigError(SinkError, ValueError):
-    """A configuration value is invalid; the message names the field."""
+    """A configuration value is invalid; the message names the field.
+
+    Attributes:
+        field: The option's name (``batch.max_records`` for a nested config).
+        reason: What is wrong with it (the message without the field name).
+    """
 
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(f"{field}: {reason}")
         self.field = field
+        self.reason = reason
+
+
+class UnknownOptionError(ConfigError, TypeError):
+    """A config class was given an option it does not have (a misspelt keyword).
+
+    Also a ``TypeError``, which Python raises for an unexpected keyword argument,
+    so code written against that keeps working.
+    """
 
 
 class InvalidRecordError(SinkError, ValueError):

@@ -1,14 +1,23 @@
-"""A loopback HTTP receiver that can misbehave on purpose.
+"""A loopback HTTP receiver to try the library against, which can misbehave on purpose.
 
-:class:`FaultServer` is a small threaded HTTP/1.1 server for tests, demos and
-benchmarks: it logs every request (with its ``Idempotency-Key``), keeps
+Something to send to, in two lines::
+
+    with FaultServer() as server:        # a receiver on a free loopback port; answers 200
+        ...                              # send to server.url
+        print(server.keys())             # the Idempotency-Key of every request, in order
+
+:class:`FaultServer` is a small threaded HTTP/1.1 server for trials, tests, demos
+and benchmarks: it logs every request (with its ``Idempotency-Key``), keeps
 connections alive, counts TCP connections, and answers each request with a
 :class:`Reply` chosen by a script, a per-key plan, a random fault mix, or a
 default. Faults cover what real endpoints do: error statuses, ``Retry-After``,
 connection resets, garbage, truncated bodies, slow and trickling answers,
-endless streams. It binds to loopback only.
+endless streams. It binds to loopback only. Unlike a receiver built on the
+stdlib's ``http.server`` (several small writes per response: Nagle's algorithm
+and delayed ACKs cap it at ~350 requests/s), it sets ``TCP_NODELAY`` on every
+connection, so it does not hide the client's speed.
 
-Example::
+Faults::
 
     with FaultServer() as server:
         server.plan("rec-1", Reply(503, headers={"Retry-After": "1"}), Reply(200))

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
 from eventmesh_http_sink import (
+    BatchConfig,
+    CircuitBreakerConfig,
     ConfigError,
     ConnectRecord,
     HttpSinkConfig,
     HttpSinkConnector,
     InvalidRecordError,
     RecordEncodingError,
+    ResultStoreConfig,
     RetryConfig,
     SendMessageCallback,
+    UnknownOptionError,
 )
 
 
@@ -73,6 +79,54 @@ def test_retry_config_errors_name_the_field(kwargs, field):
     assert info.value.field == field
 
 
+@pytest.mark.parametrize(
+    ("make", "field", "suggestion"),
+    [
+        (lambda: HttpSinkConfig("http://h/", max_worker=8), "max_worker", "'max_workers'"),
+        (lambda: HttpSinkConfig("http://h/", retrys=RetryConfig()), "retrys", "'retry'"),
+        (lambda: RetryConfig(max_retry=5), "max_retry", "'max_retries'"),
+        (lambda: BatchConfig(max_record=10), "batch.max_record", "'max_records'"),
+        (
+            lambda: CircuitBreakerConfig(failure_treshold=3),
+            "circuit_breaker.failure_treshold",
+            "'failure_threshold'",
+        ),
+        (lambda: ResultStoreConfig(maxsize=3), "result_store.maxsize", "'max_size'"),
+    ],
+)
+def test_a_misspelt_option_is_a_config_error_with_a_suggestion(make, field, suggestion):
+    with pytest.raises(ConfigError) as info:
+        make()
+    err = info.value
+    assert isinstance(err, UnknownOptionError) and isinstance(
+        err, TypeError
+    )  # `except TypeError` still works
+    assert err.field == field
+    assert f"did you mean {suggestion}?" in str(err)
+    assert str(err).startswith(f"{field}: ")
+    again = pickle.loads(pickle.dumps(err))  # noqa: S301 - crosses process boundaries (Celery) intact
+    assert type(again) is UnknownOptionError and again.field == field
+
+
+def test_an_unknown_option_with_no_close_name_points_to_help():
+    with pytest.raises(
+        UnknownOptionError, match=r"zzz: HttpSinkConfig has no option 'zzz'; see help\(HttpSinkConfig\)"
+    ):
+        HttpSinkConfig("http://h/", zzz=1, max_worker=2)
+    with pytest.raises(UnknownOptionError, match=r"also unknown: 'max_worker'"):
+        HttpSinkConfig("http://h/", zzz=1, max_worker=2)
+
+
+def test_known_options_keep_the_signature_and_evolve():
+    import inspect
+
+    import attrs
+
+    assert "max_retries" in inspect.signature(RetryConfig).parameters
+    assert attrs.evolve(RetryConfig(), max_retries=1).max_retries == 1
+    assert HttpSinkConfig("http://h/", max_workers=3).max_workers == 3
+
+
 def test_config_defaults_and_conversions():
     config = HttpSinkConfig(["https://a.example/x?y=1", "http://b.example"])
     assert config.urls == ("https://a.example/x?y=1", "http://b.example")
@@ -89,7 +143,8 @@ def test_config_defaults_and_conversions():
 
 def test_config_repr_hides_secrets():
     config = HttpSinkConfig(
-        "http://h/", headers={"Authorization": "Bearer s3cret", "X-Token": "t0ken", "X-Plain": "visible"},
+        "http://h/",
+        headers={"Authorization": "Bearer s3cret", "X-Token": "t0ken", "X-Plain": "visible"},
         sensitive_headers=["x-token"],
     )
     text = repr(config)

@@ -1,39 +1,40 @@
 """The ``eventmesh-http-sink`` command: send, replay, receive, demo.
 
-Exit codes: 0 every record was delivered; 1 some record failed or some input
-line was rejected; 2 usage or input errors (bad option, unreadable file,
-``--strict`` stopping at a bad line); 130 interrupted.
+Exit codes: 0 every record was delivered; 1 some record failed or was cancelled,
+or some input line was rejected; 2 usage or input errors (bad option, unreadable
+file, ``--strict`` stopping at a bad line); 128 + N stopped by signal N (130 for
+Ctrl-C, 143 for SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
-import importlib
+import difflib
 import json
 import logging
 import os
+import re
+import shlex
+import shutil
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterable, Iterator
-from typing import IO, Any
-
-import attrs
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from eventmesh_http_sink.config import DEFAULT_SENSITIVE_HEADERS, HttpSinkConfig, RetryConfig
-from eventmesh_http_sink.connector import HttpSinkConnector
-from eventmesh_http_sink.errors import ConfigError, InvalidRecordError, SinkError
-from eventmesh_http_sink.metrics import error_kind
-from eventmesh_http_sink.records import ConnectRecord
-from eventmesh_http_sink.results import SendExceptionContext, SendResult
+from eventmesh_http_sink.dispatch.batching import BatchConfig
+from eventmesh_http_sink.errors import ConfigError, SinkError
 from eventmesh_http_sink.testing import FaultServer, RandomFaults, Reply, RequestLog
 
-__all__ = ["main"]
+from .lines import LineReader
+from .output import PROG, ensure_std_streams, write_err, write_out
+from .receive import Receiver
+from .run import RunSettings, run
+from .stopping import StopRequest
 
-PROG = "eventmesh-http-sink"
+__all__ = ["main"]
 
 
 class UsageError(Exception):
@@ -41,6 +42,8 @@ class UsageError(Exception):
 
 
 # -- options -> config ------------------------------------------------------------------------
+
+_DEFAULTS = {"workers": 16, "max_pending": 1000, "retries": 3, "timeout": 30.0}
 
 
 def _add_delivery_options(p: argparse.ArgumentParser) -> None:
@@ -66,8 +69,17 @@ def _add_delivery_options(p: argparse.ArgumentParser) -> None:
         help="body encoding",
     )
     g.add_argument("--strategy", choices=["round_robin", "broadcast", "failover"], help="with several URLs")
-    g.add_argument("--dead-letter", metavar="FILE", help="write records that finally fail to FILE")
     g.add_argument("--rate-limit", type=float, metavar="N", help="at most N requests per second")
+    d = g.add_mutually_exclusive_group()
+    d.add_argument(
+        "--dead-letter",
+        metavar="FILE",
+        help="append records that fail or are cancelled to FILE"
+        " (default: a new eventmesh-failed-*.jsonl in the current directory, made only when needed)",
+    )
+    d.add_argument(
+        "--no-dead-letter", action="store_true", help="keep failed records nowhere but the summary"
+    )
     o = p.add_argument_group("input and output")
     o.add_argument("--rejects", metavar="FILE", help="write unparsable input lines here (default stderr)")
     o.add_argument("--strict", action="store_true", help="stop at the first unparsable line (exit 2)")
@@ -83,26 +95,41 @@ def _add_delivery_options(p: argparse.ArgumentParser) -> None:
     o.add_argument("-v", "--verbose", action="count", default=0, help="-v logs failures, -vv retries too")
 
 
-def _has_field(name: str) -> bool:
-    return name in attrs.fields_dict(HttpSinkConfig)
+# A config field (ConfigError.field) -> the option the user typed.
+_FLAG_OF_FIELD = {
+    "urls": "URL",
+    "max_workers": "--workers",
+    "pool_maxsize": "--workers",
+    "max_pending": "--max-pending",
+    "max_retries": "--retries",
+    "read_timeout": "--timeout",
+    "attempt_timeout": "--timeout",
+    "connect_timeout": "--timeout",
+    "headers": "--header",
+    "bearer_token": "--bearer-token-env",
+    "batch": "--batch",
+    "encoding": "--encoding",
+    "ce_source": "--encoding",
+    "ce_type": "--encoding",
+    "delivery_strategy": "--strategy",
+    "rate_limit": "--rate-limit",
+    "dead_letter": "--dead-letter",
+}
 
 
-def _need(option: str, field: str) -> None:
-    if not _has_field(field):
-        raise UsageError(f"{option} is not supported by this build (HttpSinkConfig has no {field!r} field)")
+def _flag_error(exc: ConfigError) -> UsageError:
+    flag = _FLAG_OF_FIELD.get(exc.field.split(".", 1)[0])
+    if flag is None:
+        return UsageError(f"invalid option: {exc}")
+    return UsageError(f"{flag}: {exc.reason}")
 
 
 def build_config(args: argparse.Namespace) -> HttpSinkConfig:
     """Map the command-line options to an :class:`HttpSinkConfig`.
 
     Raises:
-        UsageError: an option this build does not support, or a bad value.
+        UsageError: a bad value, naming the option the user typed.
     """
-    urls = [u for u in args.url.split(",") if u]
-    if args.timeout <= 0:
-        raise UsageError("--timeout must be > 0")
-    if args.retries < 0:
-        raise UsageError("--retries must be >= 0")
     headers: dict[str, str] = {}
     for item in args.header:
         name, sep, value = item.partition(":")
@@ -114,355 +141,212 @@ def build_config(args: argparse.Namespace) -> HttpSinkConfig:
         "max_pending": args.max_pending,
         "read_timeout": args.timeout,
         "attempt_timeout": args.timeout,
-        "connect_timeout": min(5.0, args.timeout),
-        "retry": RetryConfig(max_retries=args.retries, initial_backoff=0.05, max_backoff=5.0),
+        "headers": headers,
     }
     if args.bearer_token_env:
         token = os.environ.get(args.bearer_token_env)
         if not token:
             raise UsageError(f"--bearer-token-env: environment variable {args.bearer_token_env} is not set")
-        if _has_field("bearer_token"):
-            kwargs["bearer_token"] = token
-        else:
-            headers["Authorization"] = f"Bearer {token}"
-    kwargs["headers"] = headers
-    if args.batch is not None:
-        _need("--batch", "batch")
-        try:
-            batch_config = importlib.import_module(".batching", __package__).BatchConfig
-        except (ImportError, AttributeError):
-            raise UsageError("--batch is not supported by this build (no BatchConfig)") from None
-        kwargs["batch"] = batch_config(max_records=args.batch)
+        kwargs["bearer_token"] = token
     if args.encoding is not None:
-        _need("--encoding", "encoding")
         kwargs["encoding"] = args.encoding
         if args.encoding.startswith("cloudevents"):
-            for field, default in (("ce_source", "eventmesh-http-sink"), ("ce_type", "eventmesh.record")):
-                if _has_field(field):
-                    kwargs[field] = default
+            kwargs["ce_source"] = "eventmesh-http-sink"
+            kwargs["ce_type"] = "eventmesh.record"
     if args.strategy is not None:
-        _need("--strategy", "delivery_strategy")
         kwargs["delivery_strategy"] = args.strategy
-    if args.dead_letter is not None:
-        _need("--dead-letter", "dead_letter")
-        kwargs["dead_letter"] = args.dead_letter
     if args.rate_limit is not None:
-        _need("--rate-limit", "rate_limit")
         kwargs["rate_limit"] = args.rate_limit
+    if args.dead_letter is not None:
+        kwargs["dead_letter"] = args.dead_letter  # checked here; the run sets it again
     try:
-        return HttpSinkConfig(urls, **kwargs)
-    except (ConfigError, TypeError, ValueError) as exc:  # ConfigError names the config field
-        raise UsageError(f"invalid option: {exc}") from None
+        if args.timeout > 0:
+            kwargs["connect_timeout"] = min(5.0, args.timeout)
+        kwargs["retry"] = RetryConfig(max_retries=args.retries, initial_backoff=0.05, max_backoff=5.0)
+        if args.batch is not None:
+            kwargs["batch"] = BatchConfig(max_records=args.batch)
+        return HttpSinkConfig([u for u in args.url.split(",") if u], **kwargs)
+    except ConfigError as exc:
+        raise _flag_error(exc) from None
 
 
-# -- input ------------------------------------------------------------------------------------
+def _redact_url(url: str) -> str:
+    # Query strings often carry API keys: show their values as ***.
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    query = "&".join(f"{k}=***" for k, _ in parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit(parts._replace(query=query))
 
 
-class _Rejects:
-    """Reports unparsable input lines, with their line numbers."""
+def _redactor(args: argparse.Namespace) -> Callable[[str], str]:
+    # Error messages name the URL: show it as _redact_url does.
+    pairs = [(u, _redact_url(u)) for u in args.url.split(",") if u and _redact_url(u) != u]
 
-    def __init__(self, path: str | None) -> None:
-        self.path = path
-        self.count = 0
-        self._out: IO[str] = open(path, "w", encoding="utf-8") if path else sys.stderr  # noqa: SIM115
+    def redact(text: str) -> str:
+        for url, shown in pairs:
+            text = text.replace(url, shown)
+        return text
 
-    def add(self, lineno: int, reason: str, line: str) -> None:
-        self.count += 1
-        if self.path:
-            entry = {"line": lineno, "error": reason, "text": line}
-            self._out.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        else:
-            self._out.write(f"{PROG}: line {lineno}: rejected: {reason}\n")
-        self._out.flush()
-
-    def close(self) -> None:
-        if self.path:
-            self._out.close()
+    return redact
 
 
-def _decode_data(obj: dict[str, Any]) -> Any:
-    # Dead-letter lines carry bytes as base64 with a flag (several spellings accepted).
-    data = obj["data"]
-    flagged = (
-        obj.get("data_base64") is True
-        or obj.get("base64") is True
-        or obj.get("data_encoding") == "base64"
-        or obj.get("encoding") == "base64"
-    )
-    if flagged:
-        if not isinstance(data, str):
-            raise ValueError("data is flagged base64 but is not a string")
-        return base64.b64decode(data, validate=True)
-    return data
+def _prog_command() -> str:
+    """How the user ran this program, for the commands the summary suggests."""
+    if os.path.basename(sys.argv[0]) == PROG:
+        return PROG
+    return f"{os.path.basename(sys.executable) or 'python3'} -m eventmesh_http_sink"
 
 
-def parse_line(line: str, raw: bool) -> ConnectRecord:
-    """Turn one JSON Lines line into a record.
+def _delivery_args(args: argparse.Namespace) -> list[str]:
+    """The options of this run that shape what the endpoint receives, for a resend command."""
+    out: list[str] = []
+    for name, value in _DEFAULTS.items():
+        if getattr(args, name) != value:
+            out += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    for item in args.header:
+        name, _, value = item.partition(":")
+        shown = "***" if name.strip().lower() in DEFAULT_SENSITIVE_HEADERS else value.strip()
+        out += ["--header", f"{name.strip()}: {shown}"]
+    for flag, value in (
+        ("--bearer-token-env", args.bearer_token_env),
+        ("--batch", args.batch),
+        ("--encoding", args.encoding),
+        ("--strategy", args.strategy),
+        ("--rate-limit", args.rate_limit),
+    ):
+        if value is not None:
+            out += [flag, str(value)]
+    return out
 
-    Raises:
-        ValueError: the line is not what ``send``/``replay`` accept (the message says why).
-    """
-    if raw:
+
+def _shown_url(args: argparse.Namespace) -> tuple[str, str]:
+    """The URL argument for a suggested command, and a note when query values are hidden."""
+    shown = ",".join(_redact_url(u) for u in args.url.split(","))
+    return shown, ("  (query values shown as ***: put yours back)" if shown != args.url else "")
+
+
+def _resend(args: argparse.Namespace) -> Callable[[str], str]:
+    url, note = _shown_url(args)
+
+    def command(path: str) -> str:
+        return shlex.join([*_prog_command().split(), "replay", path, url, *_delivery_args(args)]) + note
+
+    return command
+
+
+def _rest(args: argparse.Namespace, command: str) -> Callable[[int, bool], str]:
+    url, note = _shown_url(args)
+
+    def advice(last: int, rereadable: bool) -> str:
+        if args.file in (None, "-"):
+            where = "the input file" if rereadable else "standard input"
+            return f"{where} after line {last} was not read"
+        tail = shlex.join(["tail", "-n", f"+{last + 1}", args.file])
+        again = shlex.join(
+            [*_prog_command().split(), command, *(("-", url) if command == "replay" else (url, "-"))]
+        )
+        extra = "".join(" " + shlex.quote(a) for a in _delivery_args(args))
+        return f"lines after {last} were not read; send them with: {tail} | {again}{extra}{note}"
+
+    return advice
+
+
+def _default_dead_letter() -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"eventmesh-failed-{stamp}-{os.getpid()}.jsonl"
+
+
+def _dead_letter_path(args: argparse.Namespace) -> str | None:
+    if args.no_dead_letter:
+        return None
+    if args.dead_letter is not None:
+        return str(args.dead_letter)
+    if not os.access(os.getcwd(), os.W_OK):
+        raise UsageError(
+            f"the current directory ({os.getcwd()}) is not writable, so failed records would have"
+            " nowhere to go: give --dead-letter FILE, or --no-dead-letter"
+        )
+    return _default_dead_letter()
+
+
+def _open_input(path: str) -> int:
+    if path in (None, "-"):
         try:
-            return ConnectRecord(json.loads(line))
-        except json.JSONDecodeError:
-            return ConnectRecord(line)
+            return sys.stdin.fileno()
+        except (AttributeError, OSError, ValueError):  # closed (<&-: None), or not a real file
+            raise UsageError("cannot read standard input") from None
     try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
-    if not isinstance(obj, dict) or "data" not in obj:
-        raise ValueError('expected an object with a "data" key (use --raw-lines to send any JSON)')
+        return os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _count_lines(fd: int) -> int | None:
+    # Only the live bar shows a total, and only a regular file can be read twice.
     try:
-        data = _decode_data(obj)
-    except (ValueError, binascii.Error) as exc:
-        raise ValueError(f"bad base64 data: {exc}") from None
-    kwargs: dict[str, Any] = {}
-    if obj.get("record_id") is not None:
-        kwargs["record_id"] = obj["record_id"]
-    try:
-        return ConnectRecord(data, obj.get("extensions"), timestamp=obj.get("timestamp"), **kwargs)
-    except InvalidRecordError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _lines(src: Iterable[str]) -> Iterator[tuple[int, str]]:
-    for lineno, line in enumerate(src, 1):
-        text = line.rstrip("\r\n")
-        if text.strip():
-            yield lineno, text
-
-
-# -- send / replay ----------------------------------------------------------------------------
-
-
-class _Tracker:
-    """The callback of every record the CLI sends: remembers the first failures."""
-
-    def __init__(self) -> None:
-        from .output import FailureLog
-
-        self.failures = FailureLog()
-
-    def on_success(self, result: SendResult) -> None:
-        pass
-
-    def on_exception(self, context: SendExceptionContext) -> None:
-        self.failures.add(context.record_id, error_kind(context.error), str(context.error))
-
-
-def _progress_mode(args: argparse.Namespace) -> str:
-    if args.quiet:
-        return "off"
-    return "bar" if sys.stderr.isatty() else "lines"
-
-
-def _total_for_bar(args: argparse.Namespace, path: str) -> int | None:
-    # Only the live bar shows a total: don't read a big file twice for plain lines.
-    return _count_lines(path) if _progress_mode(args) == "bar" else None
-
-
-def _count_lines(path: str) -> int | None:
-    try:
-        with open(path, "rb") as f:
-            return sum(1 for line in f if line.strip())
+        with os.fdopen(os.dup(fd), "rb") as f:
+            total = sum(1 for line in f if line.strip())
+        os.lseek(fd, 0, os.SEEK_SET)
     except OSError:
         return None
+    return total
 
 
-def _deliver(
-    args: argparse.Namespace,
-    config: HttpSinkConfig,
-    source: Iterable[str] | None,
-    total: int | None,
-    replay_path: str | None = None,
-) -> int:
-    from .output import Progress, Summary, render_summary
-
+def _deliver(args: argparse.Namespace, command: str) -> int:
     if args.progress_interval <= 0:
         raise UsageError("--progress-interval must be > 0")
+    config = build_config(args)
+    dead_letter = _dead_letter_path(args)
+    if args.rejects:
+        try:
+            with open(args.rejects, "a"):  # fail now, not at the first bad line
+                pass
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.rejects}: {exc.strerror}") from None
+    fd = _open_input(args.file)
     try:
-        rejects = _Rejects(args.rejects)
-    except OSError as exc:
-        raise UsageError(f"cannot write {args.rejects}: {exc.strerror}") from None
-    tracker = _Tracker()
-    connector = HttpSinkConnector(config)
-    progress = Progress(connector.stats, sys.stderr, _progress_mode(args), args.progress_interval, total)
-    t0 = time.monotonic()
-    read = 0
-    stopped = False
-    interrupted = False
-    connector.start()
-    progress.start()
-    try:
-        if replay_path is not None:
-            read = _library_replay(replay_path, connector, rejects)
-        elif source is not None:
-            for lineno, line in _lines(source):
-                read += 1
-                try:
-                    record = parse_line(line, getattr(args, "raw_lines", False))
-                except ValueError as exc:
-                    rejects.add(lineno, str(exc), line)
-                    if args.strict:
-                        stopped = True
-                        break
-                    continue
-                record.callback = tracker
-                try:
-                    connector.put(record)
-                except InvalidRecordError as exc:
-                    rejects.add(lineno, str(exc), line)
-                    if args.strict:
-                        stopped = True
-                        break
-        connector.flush()  # interruptible, unlike a close() in progress
-    except KeyboardInterrupt:
-        interrupted = True
-        sys.stderr.write(f"{PROG}: interrupted: cancelling what is still pending\n")
-        connector.close(timeout=1.0)  # leftovers are reported as SinkClosedError
-    else:
-        connector.close()
-    finally:
-        progress.stop()
-        rejects.close()
-    st = connector.stats()
-    if st.failed:
-        went = (
-            f"dead-letter file {args.dead_letter}" + _written(st)
-            if args.dead_letter
-            else f"this summary only (first {tracker.failures.limit} listed)"
+        reads_itself = (
+            dead_letter is not None
+            and args.file not in (None, "-")
+            and os.path.exists(dead_letter)
+            and os.path.samefile(dead_letter, args.file)
         )
-    else:
-        went = "-"
-    summary = Summary(
-        read=read,
-        submitted=st.submitted,
-        succeeded=st.succeeded,
-        failed=st.failed,
-        rejected=rejects.count,
-        retries=st.retried,
-        elapsed=time.monotonic() - t0,
-        failures_by_kind=dict(st.failures_by_kind),
-        retries_by_cause=dict(st.retries_by_cause),
-        latency_p50=st.latency_p50,
-        latency_p95=st.latency_p95,
-        latency_p99=st.latency_p99,
-        failures_went_to=went,
-        failed_records=list(tracker.failures.items),
-    )
-    if args.json:
-        sys.stdout.write(json.dumps(summary.as_json()) + "\n")
-    elif not args.quiet:
-        render_summary(summary, sys.stdout, sys.stdout.isatty())
-    sys.stdout.flush()
-    if interrupted:
-        return 130
-    if stopped:
-        sys.stderr.write(f"{PROG}: stopped at the first rejected line (--strict)\n")
-        return 2
-    return 1 if (st.failed or rejects.count) else 0
-
-
-def _written(st: Any) -> str:
-    written = getattr(st, "dead_lettered", None)
-    return f" ({written} written)" if isinstance(written, int) else ""
-
-
-def _library_replay(path: str, connector: HttpSinkConnector, rejects: _Rejects) -> int:
-    """Resend a dead-letter file; ``eventmesh_http_sink.replay`` when this build has it."""
-    package = importlib.import_module("eventmesh_http_sink")
-    replay = getattr(package, "replay", None)
-    if callable(replay):
-        report = replay(path, connector)
-        skipped = list(getattr(report, "skipped", ()) or ())
-        for item in skipped:
-            lineno, reason = (item[0], item[1]) if isinstance(item, tuple) else (0, str(item))
-            rejects.add(int(lineno), str(reason), "")
-        resent: int = getattr(report, "resent", 0)
-        return resent + len(skipped)
-    tracker = _Tracker()
-    read = 0
-    with open(path, encoding="utf-8") as src:
-        for lineno, line in _lines(src):
-            read += 1
-            try:
-                record = parse_line(line, raw=False)
-            except ValueError as exc:
-                rejects.add(lineno, str(exc), line)
-                continue
-            record.callback = tracker
-            connector.put(record)
-    return read
+        if reads_itself:
+            raise UsageError(
+                "--dead-letter must not be the file being read: new failures would be read again"
+            )
+        show_bar = not args.quiet and sys.stderr.isatty() and args.file not in (None, "-")
+        settings = RunSettings(
+            mode="replay"
+            if command == "replay"
+            else ("raw" if getattr(args, "raw_lines", False) else "send"),
+            strict=args.strict,
+            rejects=args.rejects,
+            quiet=args.quiet,
+            json=args.json,
+            progress_interval=args.progress_interval,
+            dead_letter=dead_letter,
+            resend=_resend(args),
+            rest=_rest(args, command),
+            total=_count_lines(fd) if show_bar else None,
+            redact=_redactor(args),
+        )
+        return run(settings, config, lambda stop: LineReader.from_fd(fd, stop))
+    finally:
+        if args.file not in (None, "-"):
+            os.close(fd)
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    config = build_config(args)
-    if args.file in (None, "-"):
-        return _deliver(args, config, sys.stdin, None)
-    try:
-        src = open(args.file, encoding="utf-8")  # noqa: SIM115
-    except OSError as exc:
-        raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
-    with src:
-        return _deliver(args, config, src, _total_for_bar(args, args.file))
+    return _deliver(args, "send")
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    config = build_config(args)
-    if not os.path.isfile(args.file):
-        raise UsageError(f"cannot read {args.file}: no such file")
-    return _deliver(args, config, None, _total_for_bar(args, args.file), replay_path=args.file)
+    return _deliver(args, "replay")
 
 
 # -- receive ----------------------------------------------------------------------------------
-
-
-class _Receiver:
-    """The responder of ``receive``: injects faults, then prints or stores each request."""
-
-    def __init__(self, faults: RandomFaults, out: IO[str] | None, echo: IO[str] | None) -> None:
-        self.faults = faults
-        self.out = out
-        self.echo = echo
-        self.count = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, request: RequestLog) -> Reply:
-        reply = self.faults(request)
-        answered = reply.status if reply.kind == "reply" else reply.kind
-        with self._lock:
-            self.count += 1
-            if self.out is not None:
-                headers = {
-                    k: ("***" if k in DEFAULT_SENSITIVE_HEADERS else v) for k, v in request.headers.items()
-                }
-                try:
-                    body: Any = json.loads(request.body)
-                except ValueError:
-                    body = request.body.decode("utf-8", "replace")
-                entry = {
-                    "time": time.time(),
-                    "method": request.method,
-                    "path": request.path,
-                    "key": request.key,
-                    "headers": headers,
-                    "body": body,
-                    "answered": answered,
-                }
-                self.out.write(json.dumps(entry, ensure_ascii=False) + "\n")
-                self.out.flush()
-            if self.echo is not None:
-                self.echo.write(
-                    f"{request.method} {request.path} key={request.key} {len(request.body)} bytes"
-                    f" -> {answered}\n"
-                )
-                self.echo.flush()
-        return reply
-
-
-def _receive_faults(fail_rate: float, latency_ms: float, seed: int | None) -> RandomFaults:
-    return RandomFaults(fail_rate, latency_ms / 1000.0, seed=seed)
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
@@ -470,31 +354,33 @@ def cmd_receive(args: argparse.Namespace) -> int:
         raise UsageError("--fail-rate must be between 0 and 1")
     if args.latency_ms < 0:
         raise UsageError("--latency-ms must be >= 0")
-    out = None
-    if args.out:
+    with StopRequest() as stop:
         try:
-            out = open(args.out, "a", encoding="utf-8")  # noqa: SIM115
+            receiver = Receiver(
+                RandomFaults(args.fail_rate, args.latency_ms / 1000.0, seed=args.seed),
+                args.out,
+                on_stdout_gone=stop.event.set,
+            )
         except OSError as exc:
             raise UsageError(f"cannot write {args.out}: {exc.strerror}") from None
-    receiver = _Receiver(
-        _receive_faults(args.fail_rate, args.latency_ms, args.seed), out, None if out else sys.stdout
-    )
-    server = FaultServer(args.port, receiver, host=args.host, keep_log=False)
-    try:
-        server.start()
-    except OSError as exc:
-        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
-    print(f"listening on {server.url} (Ctrl-C to stop)", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-        if out is not None:
-            out.close()
-    print(f"received {receiver.count} request(s)", file=sys.stderr, flush=True)
+        server = FaultServer(args.port, receiver, host=args.host, keep_log=False)
+        try:
+            server.start()
+        except OSError as exc:
+            receiver.close()
+            raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+        try:
+            write_out(f"listening on {server.url} (Ctrl-C to stop)\n")
+            stop.event.wait()
+            if not stop.signum:
+                time.sleep(0.5)  # stdout's reader left: let the 500 being written reach its client
+        finally:
+            server.stop()
+            receiver.close()
+    message = f"received {receiver.count} request(s)"
+    if receiver.unwritten:
+        message += f"; {receiver.unwritten} could not be written and were answered 500"
+    write_err(message + "\n")
     return 0
 
 
@@ -522,66 +408,87 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return Reply(500, body=b"this record always fails")
         return faults(request)
 
-    with FaultServer(responder=responder, keep_log=False) as server:
-        if not args.quiet:
-            print(
-                f"demo: a receiver on {server.url} fails ~{args.fail_rate:.0%} of requests"
-                f" (503 Retry-After: 0, connection resets) and always answers 500 to {_POISON}",
-                flush=True,
-            )
-        kwargs: dict[str, Any] = {
-            "max_workers": 8,
-            "max_pending": 64,
-            "retry": RetryConfig(max_retries=5, initial_backoff=0.01, max_backoff=0.1, max_elapsed=10.0),
-        }
-        dead_letter = None
-        if _has_field("dead_letter"):
-            dead_letter = args.dead_letter or os.path.join(
-                tempfile.mkdtemp(prefix="eventmesh-demo-"), "dead-letters.jsonl"
-            )
-            kwargs["dead_letter"] = dead_letter
-        config = HttpSinkConfig(server.url, **kwargs)
-        n = args.records
-        poison_at = n // 2
-
-        def records() -> Iterator[str]:
-            for i in range(n):
-                rid = _POISON if i == poison_at else f"demo-{i}"
-                yield json.dumps(
-                    {"record_id": rid, "data": {"n": i, "msg": "hello"}, "extensions": {"topic": "demo"}}
+    temp_dir = None if args.dead_letter else tempfile.mkdtemp(prefix="eventmesh-demo-")
+    dead_letter = args.dead_letter or os.path.join(temp_dir or "", "dead-letters.jsonl")
+    try:
+        with FaultServer(responder=responder, keep_log=False) as server:
+            if not args.quiet and not args.json:
+                write_out(
+                    f"demo: a receiver on {server.url} fails ~{args.fail_rate:.0%} of requests"
+                    f" (503 Retry-After: 0, connection resets) and always answers 500 to {_POISON}\n"
                 )
-
-        ns = argparse.Namespace(
-            rejects=None,
-            strict=False,
-            quiet=args.quiet,
-            json=args.json,
-            progress_interval=1.0,
-            raw_lines=False,
-            dead_letter=dead_letter,
-        )
-        code = _deliver(ns, config, records(), n)
-    if not args.quiet and not args.json:
-        if dead_letter:
-            print(f"demo: the failed record is in {dead_letter}; try: {PROG} replay {dead_letter} URL")
-        print("demo: " + ("worked as designed" if code == 1 else "did NOT go as designed"))
+            config = HttpSinkConfig(
+                server.url,
+                max_workers=8,
+                max_pending=64,
+                retry=RetryConfig(max_retries=5, initial_backoff=0.01, max_backoff=0.1, max_elapsed=10.0),
+            )
+            n = args.records
+            settings = RunSettings(
+                mode="send",
+                quiet=args.quiet,
+                json=args.json,
+                progress_interval=1.0,
+                dead_letter=dead_letter,
+                total=n,
+            )
+            code = run(settings, config, lambda stop: LineReader.from_lines(_demo_lines(n)))
+        if not args.quiet and not args.json:
+            if temp_dir is None or args.keep:
+                write_out(
+                    f"demo: the failed record is in {dead_letter}; try: {PROG} replay {dead_letter} URL\n"
+                )
+            else:
+                write_out(f"demo: removed {temp_dir} and its dead-letter file (--keep keeps them)\n")
+            write_out("demo: " + ("worked as designed" if code == 1 else "did NOT go as designed") + "\n")
+    finally:
+        if temp_dir is not None and not args.keep:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+    if code > 128:
+        return code  # stopped by a signal
     # One record fails on purpose: exit code 1 from the run is the designed outcome.
     return 0 if code == 1 else 1
+
+
+def _demo_lines(n: int) -> Iterator[str]:
+    poison_at = n // 2
+    for i in range(n):
+        rid = _POISON if i == poison_at else f"demo-{i}"
+        yield json.dumps(
+            {"record_id": rid, "data": {"n": i, "msg": "hello"}, "extensions": {"topic": "demo"}}
+        )
 
 
 # -- entry point ------------------------------------------------------------------------------
 
 
-def make_parser() -> argparse.ArgumentParser:
-    """The argument parser of the command."""
-    parser = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose unknown options get a "did you mean" and this (sub)command's usage."""
+
+    def unknown(self, extras: list[str]) -> None:
+        options = sorted(set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", self.format_help())))
+        hints = []
+        for extra in extras:
+            if extra.startswith("-"):
+                close = difflib.get_close_matches(extra.split("=", 1)[0], options, n=1)
+                if close:
+                    hints.append(f"{extra}: did you mean {close[0]}?")
+        message = f"unrecognized arguments: {' '.join(extras)}"
+        self.error(message + ("\n  " + "\n  ".join(hints) if hints else ""))
+
+
+def make_parser() -> tuple[_Parser, dict[str, _Parser]]:
+    """The argument parser of the command, and the parser of each subcommand."""
+    parser = _Parser(
         prog=PROG,
         description="Deliver JSON Lines events to HTTP endpoints, with retries and a summary.",
-        epilog="Exit codes: 0 all delivered, 1 some failed or rejected, 2 usage/input error.",
+        epilog="Exit codes: 0 all delivered, 1 some failed, cancelled or rejected, 2 usage/input error,"
+        " 130 Ctrl-C, 143 SIGTERM.",
     )
     parser.add_argument("--demo", action="store_true", help="same as the demo command")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subs: dict[str, _Parser] = {}
 
     p = sub.add_parser("send", help="send a JSON Lines file (or stdin) to URL")
     p.add_argument("url", metavar="URL", help="endpoint (several: comma-separated)")
@@ -589,12 +496,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw-lines", action="store_true", help="take each line (JSON or text) as the data")
     _add_delivery_options(p)
     p.set_defaults(func=cmd_send)
+    subs["send"] = p
 
     p = sub.add_parser("replay", help="resend a dead-letter file to URL")
-    p.add_argument("file", metavar="FILE", help="dead-letter JSON Lines file")
+    p.add_argument("file", metavar="FILE", help="dead-letter JSON Lines file, - for stdin")
     p.add_argument("url", metavar="URL", help="endpoint (several: comma-separated)")
     _add_delivery_options(p)
     p.set_defaults(func=cmd_replay)
+    subs["replay"] = p
 
     p = sub.add_parser("receive", help="run a loopback receiver that prints or stores requests")
     p.add_argument("--port", type=int, default=8080, help="port (0: any free port; default 8080)")
@@ -604,18 +513,23 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="seed of the fault mix")
     p.add_argument("--out", metavar="FILE", help="append requests as JSON lines instead of printing")
     p.set_defaults(func=cmd_receive)
+    subs["receive"] = p
 
     p = sub.add_parser("demo", help="send sample records to an in-process receiver with faults")
     _add_demo_options(p)
     p.set_defaults(func=cmd_demo)
-    return parser
+    subs["demo"] = p
+    return parser, subs
 
 
 def _add_demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--records", type=int, default=3000, help="records to send (default 3000)")
     p.add_argument("--fail-rate", type=float, default=0.05, help="fraction of failing requests")
     p.add_argument("--latency-ms", type=float, default=4.0, help="receiver latency per request (default 4)")
-    p.add_argument("--dead-letter", metavar="FILE", help="dead-letter file (default: a temp file)")
+    p.add_argument(
+        "--dead-letter", metavar="FILE", help="dead-letter file, kept (default: a temp file, removed)"
+    )
+    p.add_argument("--keep", action="store_true", help="keep the temp directory and its dead-letter file")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v logs failures, -vv retries too")
@@ -641,12 +555,16 @@ def _configure_logging(verbose: int) -> tuple[logging.Handler, int]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit code."""
-    parser = make_parser()
+    ensure_std_streams()
+    parser, subs = make_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--demo" in argv and "demo" not in argv:
         argv = ["demo", *(a for a in argv if a != "--demo")]
     try:
-        args = parser.parse_args(argv)
+        args, extras = parser.parse_known_args(argv)
+        if extras:
+            # Unknown options of a subcommand: its usage, not the top-level one.
+            subs.get(args.command, parser).unknown(extras)
     except SystemExit as exc:
         return int(exc.code or 0)
     if args.command is None:
@@ -656,12 +574,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except UsageError as exc:
-        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        write_err(f"{PROG} {args.command}: error: {exc}\n")
         return 2
     except KeyboardInterrupt:
+        write_err(f"{PROG}: interrupted\n")
         return 130
     except SinkError as exc:
-        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        write_err(f"{PROG} {args.command}: error: {exc}\n")
         return 2
     finally:
         # main() may run in-process (tests, embedding): leave logging as we found it.

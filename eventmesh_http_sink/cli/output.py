@@ -1,14 +1,20 @@
-"""What the command line shows while it sends and when it is done.
+"""What the command line shows while it sends and when it is done, and where it writes it.
 
-A :class:`Progress` polls :meth:`HttpSinkConnector.stats` from its own thread:
-on a terminal it draws a live ``rich`` bar (the optional ``[cli]`` extra), and
-otherwise (no terminal, or no ``rich``) prints a plain line every few seconds.
-:func:`render_summary` turns the final numbers into the end-of-run table.
+A :class:`Progress` polls a snapshot from its own thread: on a terminal it draws a
+live ``rich`` bar (the optional ``[cli]`` extra), and otherwise (no terminal, or no
+``rich``) prints a plain line every few seconds. :func:`render_summary` turns the
+final numbers into the end-of-run table. :func:`write_out` and :func:`write_err`
+write to stdout and stderr and survive a reader that went away (``| head -1``) or
+a stream that was closed: the run still ends with its own exit code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -16,19 +22,82 @@ from typing import IO, Any
 
 import attrs
 
-from eventmesh_http_sink.connector import SinkStats
+__all__ = [
+    "PROG",
+    "FailedRecords",
+    "Progress",
+    "ProgressState",
+    "Summary",
+    "ensure_std_streams",
+    "render_summary",
+    "write_err",
+    "write_out",
+]
 
-__all__ = ["FailureLog", "Progress", "Summary", "render_summary"]
+
+PROG = "eventmesh-http-sink"
+
+
+# -- stdout and stderr that cannot end a run --------------------------------------------------
+
+
+def ensure_std_streams() -> None:
+    """Give a closed stdout or stderr (``>&-``: Python sets it to ``None``) a sink that discards."""
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
+
+
+def _write(stream: IO[str], text: str) -> bool:
+    try:
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError):  # BrokenPipeError, EIO, or a closed file
+        _discard(stream)
+        return False
+    return True
+
+
+def _discard(stream: IO[str]) -> None:
+    # Point the descriptor at /dev/null: what is still buffered, and the interpreter's
+    # final flush, then go nowhere instead of raising again at exit.
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, stream.fileno())
+        finally:
+            os.close(devnull)
+
+
+def write_out(text: str) -> bool:
+    """Write to stdout and flush; ``False`` if nobody reads it any more."""
+    return _write(sys.stdout, text)
+
+
+def write_err(text: str) -> bool:
+    """Write to stderr and flush; ``False`` if nobody reads it any more."""
+    return _write(sys.stderr, text)
+
+
+# -- the summary ------------------------------------------------------------------------------
 
 
 @attrs.frozen
 class Summary:
-    """The numbers of one ``send``, ``replay`` or ``demo`` run."""
+    """The numbers of one ``send``, ``replay`` or ``demo`` run.
+
+    Every non-blank line read is counted once: ``read == delivered + failed +
+    cancelled + rejected``. ``cancelled`` records were stopped by Ctrl-C or a
+    signal: some may have reached the endpoint (their outcome is unknown), so they
+    are written to the dead-letter file with the failures, to be replayed.
+    """
 
     read: int
     submitted: int
-    succeeded: int
+    delivered: int
     failed: int
+    cancelled: int
     rejected: int
     retries: int
     elapsed: float
@@ -37,14 +106,18 @@ class Summary:
     latency_p50: float | None
     latency_p95: float | None
     latency_p99: float | None
-    failures_went_to: str
+    failures_went_to: str | None
+    dead_lettered: int | None
+    dead_letter_errors: int
+    resend_command: str | None
     failed_records: list[dict[str, Any]]
+    stopped_by: str | None = None
+    rest_of_input: str | None = None
 
     @property
     def rate(self) -> float:
-        """Finished records per second of wall time."""
-        done = self.succeeded + self.failed
-        return done / self.elapsed if self.elapsed > 0 else 0.0
+        """Delivered records per second of wall time."""
+        return self.delivered / self.elapsed if self.elapsed > 0 else 0.0
 
     def as_json(self) -> dict[str, Any]:
         """The summary as a JSON-ready dict."""
@@ -53,7 +126,7 @@ class Summary:
         return out
 
 
-class FailureLog:
+class FailedRecords:
     """Keeps the first ``limit`` failed records (id, kind, message) for the summary."""
 
     def __init__(self, limit: int = 10) -> None:
@@ -84,24 +157,54 @@ def summary_rows(s: Summary) -> list[tuple[str, str]]:
     """The summary as ``(label, value)`` rows."""
     rows = [
         ("lines read", str(s.read)),
-        ("records sent", str(s.submitted)),
-        ("succeeded", str(s.succeeded)),
+        ("delivered", str(s.delivered)),
         ("failed", f"{s.failed}" + (f"  ({_fmt_counts(s.failures_by_kind)})" if s.failures_by_kind else "")),
+        ("cancelled", f"{s.cancelled}" + ("  (stopped before an outcome: unknown)" if s.cancelled else "")),
+        ("rejected lines", str(s.rejected)),
         (
             "retries",
             f"{s.retries}" + (f"  ({_fmt_counts(s.retries_by_cause)})" if s.retries_by_cause else ""),
         ),
-        ("rejected lines", str(s.rejected)),
         ("elapsed", f"{s.elapsed:.2f} s"),
-        ("records/s", f"{s.rate:.1f}"),
+        ("records/s", f"{s.rate:.1f}  (delivered)"),
         (
             "latency p50/p95/p99",
             " / ".join(_fmt_latency(v) for v in (s.latency_p50, s.latency_p95, s.latency_p99)),
         ),
     ]
-    if s.failed:
-        rows.append(("failures went to", s.failures_went_to))
+    if s.stopped_by:
+        rows.append(("stopped by", s.stopped_by))
+    if s.failed_records and s.failed > len(s.failed_records):
+        rows.append(("failed records", f"the first {len(s.failed_records)} of {s.failed} are listed"))
+    if s.failed or s.cancelled:
+        if s.failures_went_to is None:
+            went = f"this summary only (first {len(s.failed_records)} failed listed; --no-dead-letter)"
+        else:
+            went = s.failures_went_to
+            if s.dead_lettered is not None:
+                went += f"  ({s.dead_lettered} written)"
+        if s.dead_letter_errors:
+            went += f"  ({s.dead_letter_errors} could NOT be written: see the errors above)"
+        rows.append(("failures went to", went))
+        if s.resend_command:
+            rows.append(("resend them with", s.resend_command))
+    if s.rest_of_input:
+        rows.append(("rest of the input", s.rest_of_input))
     return rows
+
+
+def failed_record_rows(s: Summary) -> list[tuple[str, str]]:
+    """The failed records kept for the summary, one row per distinct error: ``(label, "ids: error")``."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for item in s.failed_records:
+        groups.setdefault((item["error"], item["message"]), []).append(item["record_id"])
+    return [
+        ("failed records" if len(ids) > 1 else "failed record", f"{', '.join(ids)}: {kind} {message}")
+        for (kind, message), ids in groups.items()
+    ]
+
+
+_COMMAND_ROWS = ("resend them with", "rest of the input")
 
 
 def render_summary(s: Summary, out: IO[str], fancy: bool) -> None:
@@ -114,29 +217,48 @@ def render_summary(s: Summary, out: IO[str], fancy: bool) -> None:
         except ImportError:
             pass
         else:
+            # Commands to copy go below the table, whole on one line each.
+            commands = [(label, value) for label, value in rows if label in _COMMAND_ROWS]
             table = Table(title="eventmesh-http-sink summary", show_header=False)
-            table.add_column(style="bold")
-            table.add_column()
+            table.add_column(style="bold", no_wrap=True)
+            table.add_column(overflow="fold")  # wrapped, never cut
             for label, value in rows:
-                table.add_row(label, value)
-            for item in s.failed_records:
-                table.add_row("  failed record", f"{item['record_id']}: {item['error']} {item['message']}")
-            Console(file=out).print(table)
+                if label not in _COMMAND_ROWS:
+                    table.add_row(label, value)
+            for label, value in failed_record_rows(s):
+                table.add_row(f"  {label}", value)
+            # `out` may be a buffer written to the terminal later: size and colour for the terminal.
+            width = shutil.get_terminal_size().columns
+            Console(file=out, force_terminal=True, width=width).print(table)
+            out.write("".join(f"{label}: {value}\n" for label, value in commands))
             return
     width = max(len(label) for label, _ in rows)
-    out.write("summary\n")
-    for label, value in rows:
-        out.write(f"  {label:<{width}}  {value}\n")
-    for item in s.failed_records:
-        out.write(f"  failed record {item['record_id']}: {item['error']} {item['message']}\n")
-    out.flush()
+    lines = ["summary"]
+    lines += [f"  {label:<{width}}  {value}" for label, value in rows]
+    lines += [f"  {label} {value}" for label, value in failed_record_rows(s)]
+    out.write("\n".join(lines) + "\n")
+
+
+# -- progress ---------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ProgressState:
+    """What the progress display shows."""
+
+    submitted: int
+    delivered: int
+    failed: int
+    cancelled: int
+    retrying: int
+    in_flight: int
 
 
 class Progress:
     """Shows delivery progress until :meth:`stop`.
 
     Args:
-        stats: Returns the connector's current :class:`SinkStats`.
+        state: Returns the current :class:`ProgressState`.
         out: Where to draw (stderr).
         mode: ``"bar"`` (live bar on a terminal), ``"lines"`` (periodic lines) or ``"off"``.
         interval: Seconds between plain lines.
@@ -145,13 +267,13 @@ class Progress:
 
     def __init__(
         self,
-        stats: Callable[[], SinkStats],
+        state: Callable[[], ProgressState],
         out: IO[str],
         mode: str,
         interval: float = 5.0,
         total: int | None = None,
     ) -> None:
-        self._stats = stats
+        self._state = state
         self._out = out
         self._interval = interval
         self._total = total
@@ -190,34 +312,40 @@ class Progress:
         self._thread.start()
         return self
 
-    def _line(self, st: SinkStats) -> str:
+    def _line(self, st: ProgressState) -> str:
         elapsed = max(time.monotonic() - self._t0, 1e-9)
-        done = st.succeeded + st.failed
-        return (
-            f"{done / elapsed:.0f} rec/s  succeeded {st.succeeded}  failed {st.failed}"
-            f"  retrying {st.scheduled_retries}  in flight {st.in_flight}"
+        line = (
+            f"{st.delivered / elapsed:.0f} rec/s  delivered {st.delivered}  failed {st.failed}"
+            f"  retrying {st.retrying}  in flight {st.in_flight}"
         )
+        return line + (f"  cancelled {st.cancelled}" if st.cancelled else "")
 
     def _draw(self) -> None:
-        st = self._stats()
-        if self._bar is not None:
-            self._bar.update(self._task, completed=st.succeeded + st.failed, line=self._line(st))
-        else:
-            self._out.write(f"progress: sent {st.submitted}  {self._line(st)}\n")
-            self._out.flush()
+        st = self._state()
+        try:
+            if self._bar is not None:
+                done = st.delivered + st.failed + st.cancelled
+                self._bar.update(self._task, completed=done, line=self._line(st))
+            else:
+                self._out.write(f"progress: sent {st.submitted}  {self._line(st)}\n")
+                self._out.flush()
+        except (OSError, ValueError):  # stderr's reader went away: stop drawing, go on sending
+            self.mode = "off"
 
     def _run(self) -> None:
         period = 0.1 if self._bar is not None else self._interval
-        while not self._stop.wait(period):
+        while not self._stop.wait(period) and self.mode != "off":
             self._draw()
 
     def stop(self) -> None:
         """Draw the final state and stop."""
-        if self.mode == "off":
+        if self.mode == "off" and self._thread is None:
             return
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self._draw()
+        if self.mode != "off":
+            self._draw()
         if self._bar is not None:
-            self._bar.stop()
+            with contextlib.suppress(OSError, ValueError):
+                self._bar.stop()

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import attrs
 
-from eventmesh_http_sink._validators import callable_, one_of, optional, positive, positive_int
+from eventmesh_http_sink._validators import callable_, known_options, one_of, optional, positive, positive_int
 from eventmesh_http_sink.errors import InvalidRecordError, SinkError
 
 __all__ = ["BatchConfig", "Batcher", "ResultParser", "batch_body", "batch_item", "split_outcomes"]
@@ -32,6 +32,7 @@ ResultParser = Callable[[int, bytes, Sequence[Any]], Sequence[tuple[bool, str | 
 _JSON_TYPES = ("application/json", "application/cloudevents+json")
 
 
+@known_options
 @attrs.frozen
 class BatchConfig:
     """When records accumulated for one URL go out as one request.

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
-from eventmesh_http_sink._validators import field_name, non_empty_str, positive, positive_int
+from eventmesh_http_sink._validators import field_name, known_options, non_empty_str, positive, positive_int
 from eventmesh_http_sink.errors import ConfigError
 from eventmesh_http_sink.redact import redact_text, redact_url
 
@@ -44,6 +44,7 @@ def _check_path(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
         )
 
 
+@known_options
 @attrs.frozen
 class ResultStoreConfig:
     """Keep each attempt's outcome and, optionally, serve it over HTTP.

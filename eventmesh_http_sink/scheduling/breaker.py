@@ -22,7 +22,7 @@ from typing import ClassVar, Literal
 
 import attrs
 
-from eventmesh_http_sink._validators import one_of, positive, positive_int
+from eventmesh_http_sink._validators import known_options, one_of, positive, positive_int
 from eventmesh_http_sink.errors import CircuitOpenError, HttpStatusError, SinkError
 
 __all__ = ["CircuitBreaker", "CircuitBreakerConfig", "is_endpoint_failure"]
@@ -34,6 +34,7 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 _PROBE_POLL_MIN, _PROBE_POLL_MAX = 0.05, 1.0
 
 
+@known_options
 @attrs.frozen
 class CircuitBreakerConfig:
     """When a URL's circuit opens and what records do meanwhile.
