@@ -257,7 +257,7 @@ def test_stdin_and_raw_lines(server: FaultServer, tmp_path: Path) -> None:
         ),
         (
             ["send", "http://127.0.0.1:1/", "-", "--rate-limit", "-2"],
-            "error: --rate-limit: must be a positive",
+            "error: --rate-limit: must be None or a number",
         ),
         (["send", "http://127.0.0.1:1/", "-", "--bearer-token-env", "EMHS_UNSET_VAR"], "EMHS_UNSET_VAR"),
         (["send"], "URL"),
