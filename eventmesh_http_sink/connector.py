@@ -55,6 +55,7 @@ from .outcomes.result_store import ResultStore
 from .records import ConnectRecord, encode_data, encode_extensions
 from .results import SendExceptionContext, SendResult
 from .scheduling.retry import RetryPolicy, RetryScheduler
+from .wire.headers import base_headers
 from .wire.request_options import RequestOptions, status_error
 from .wire.transport import RequestsTransport, Transport, Urllib3Transport, reset_session_pools_after_fork
 
@@ -64,7 +65,6 @@ if TYPE_CHECKING:
 __all__ = ["HttpSinkConnector", "SinkStats"]
 
 _log = logging.getLogger("eventmesh_http_sink")
-_USER_AGENT = "eventmesh-http-sink/0.1"
 _NEW, _OPEN, _CLOSED = "new", "open", "closed"
 
 # Flags the thread while it runs a record's callbacks, so flush() can refuse to
@@ -217,9 +217,7 @@ class HttpSinkConnector(DeliveryMixin):
         self._urls = config.urls
         self._method = config.method
         self._max_body = config.max_body_bytes
-        self._base_headers = {"User-Agent": _USER_AGENT, **config.headers}
-        if not config.keep_alive:
-            self._base_headers["Connection"] = "close"
+        self._base_headers = base_headers(config)
         self._strategy = make_strategy(
             config.urls, config.delivery_strategy, config.failover_threshold, config.failover_cooldown
         )
@@ -323,7 +321,7 @@ class HttpSinkConnector(DeliveryMixin):
                 record.record_id, f"body of {len(body)} bytes exceeds max_body_bytes ({self._max_body})"
             )
         headers = self._base_headers.copy()
-        headers["Content-Type"] = content_type
+        headers.setdefault("Content-Type", content_type)  # a configured Content-Type wins
         headers["Idempotency-Key"] = record.record_id
         extension = encode_extensions(record)
         if extension is not None:
