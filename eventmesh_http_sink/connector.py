@@ -136,6 +136,7 @@ class SinkStats:
     circuit_rejected: int = 0
     dead_lettered: int = 0
     dead_letter_errors: int = 0
+    reconnects: int = 0  # requests resent on a fresh connection after a stale keep-alive one
     per_url: Mapping[str, UrlStats] = attrs.field(factory=dict)
     retries_by_cause: Mapping[str, int] = attrs.field(factory=dict)
     failures_by_kind: Mapping[str, int] = attrs.field(factory=dict)
@@ -685,6 +686,7 @@ class HttpSinkConnector(DeliveryMixin):
             latency_p99=latency.percentile(0.99),
             latency=latency,
             breaker=breaker.states() if breaker is not None else {},
+            reconnects=getattr(rt.transport, "reconnects", 0),  # a custom transport may not count them
         )
 
     def export(
