@@ -366,3 +366,18 @@ def test_same_status_and_body_as_the_urlopen_path(raw: ScriptServer) -> None:
         )
         assert (ours.status, ours.reason, ours.body) == (theirs.status, theirs.reason, theirs.body)
         assert dict(ours.headers) == dict(theirs.headers)
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.2])
+def test_https_bytes_in_a_later_tls_record_are_caught_before_reuse(
+    tls: ScriptServer, ca: trustme.CA, tmp_path: Any, pause: float
+) -> None:
+    # Each sendall below is its own TLS record; a recv returns one record at most, so
+    # the junk waits in the kernel (not in OpenSSL) where urllib3's check sees it.
+    tls.script((b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", pause, response(200, b"WRONG")))
+    t = _tls_transport(tls, ca, tmp_path)
+    assert t.send("POST", tls.url, b"a", {}).body == b"ok"
+    time.sleep(0.5)
+    assert t.send("POST", tls.url, b"b", {}).body == b"ok"  # not b"WRONG"
+    assert tls.connections == 2
+    t.close()

@@ -36,23 +36,25 @@ bytes kept, as the urlopen path does.
 from __future__ import annotations
 
 import ssl
+import threading
 import time
+from collections.abc import Iterator, Mapping
 from http.client import RemoteDisconnected
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
-import attrs
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from urllib3 import HTTPHeaderDict
 from urllib3.exceptions import ProtocolError
 
 from eventmesh_http_sink.errors import ReadTimeoutError, ResponseError
 
-__all__ = ["MAX_FIELDS", "MAX_HEAD", "MAX_INTERIM", "NoResponse", "Result", "exchange"]
+__all__ = ["MAX_FIELDS", "MAX_HEAD", "MAX_INTERIM", "Headers", "NoResponse", "Result", "exchange"]
 
 _RECV = 64 * 1024
 MAX_HEAD = 64 * 1024
 MAX_FIELDS = 100  # http.client's limit for a head
 MAX_INTERIM = 10
+_local = threading.local()
 
 # A send that fails this way may still have a readable answer (a server that
 # answers 413 and closes before reading the body): read it before giving up.
@@ -75,8 +77,59 @@ class _After(Exception):  # noqa: N818 - stops the parser at bytes after the mes
     pass
 
 
-@attrs.frozen(slots=True)
-class Result:
+class Headers(Mapping[str, str]):
+    """A response's headers, case-insensitive, decoded on first use.
+
+    The success path never reads them, so the ``HTTPHeaderDict`` is built only
+    when a status error, ``success_when`` or the caller asks.
+    """
+
+    __slots__ = ("_dict", "_fields")
+
+    def __init__(self, fields: list[tuple[bytes, bytes]]) -> None:
+        self._fields = fields
+        self._dict: HTTPHeaderDict | None = None
+
+    def _headers(self) -> HTTPHeaderDict:
+        headers = self._dict
+        if headers is None:  # two threads may both build it: the same value either way
+            headers = HTTPHeaderDict()
+            for name, value in self._fields:
+                headers.add(name.decode("latin-1"), value.decode("latin-1"))
+            self._dict = headers
+        return headers
+
+    def __getitem__(self, name: str) -> str:
+        return self._headers()[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._headers()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._headers())
+
+    def __len__(self) -> int:
+        return len(self._headers())
+
+    def __repr__(self) -> str:
+        return repr(self._headers())
+
+
+def _has(fields: list[tuple[bytes, bytes]], name: bytes) -> bool:
+    size = len(name)
+    return any(len(n) == size and n.lower() == name for n, _ in fields)
+
+
+def _joined(parts: list[bytes]) -> bytes:
+    body = b"".join(parts)
+    # Free the parts now, before the result goes out: freed later, together with the
+    # joined copy, they left glibc a free heap top above its trim threshold, so a
+    # 64 KiB body cost 16 page faults per response (trimmed, then grown again).
+    parts.clear()
+    return body
+
+
+class Result(NamedTuple):
     """What :func:`exchange` read.
 
     Attributes:
@@ -86,6 +139,7 @@ class Result:
         body: The body: its first ``keep`` bytes, or, with ``Content-Encoding``,
             its first ``keep + drain_limit`` still-encoded bytes for the caller to
             decode.
+        encoding: The ``Content-Encoding`` header, or ``None``.
         complete: Whether the whole body was read.
         reusable: Whether the connection stands at a clean message boundary of
             a keep-alive exchange.
@@ -93,8 +147,9 @@ class Result:
 
     status: int
     reason: str
-    headers: HTTPHeaderDict
+    headers: Headers
     body: bytes
+    encoding: str | None
     complete: bool
     reusable: bool
 
@@ -105,10 +160,11 @@ class _Response:
     __slots__ = (
         "chunked",
         "done",
+        "encoded",
         "extra",
         "fields",
+        "head",
         "head_only",
-        "headers",
         "interim",
         "keep",
         "keep_alive",
@@ -118,7 +174,6 @@ class _Response:
         "reason",
         "seen",
         "status",
-        "trailers",
     )
 
     def __init__(self, head_only: bool, keep: int) -> None:
@@ -127,10 +182,10 @@ class _Response:
         self.parser: Any = None
         self.status = 0  # of the final response, once its head is complete
         self.reason = b""
-        self.fields: list[tuple[bytes, bytes]] = []
-        self.headers: HTTPHeaderDict | None = None
+        self.fields: list[tuple[bytes, bytes]] = []  # of the head being read, then trailers
+        self.head: list[tuple[bytes, bytes]] | None = None  # the final head's fields
+        self.encoded = False
         self.interim = 0
-        self.trailers = 0
         self.parts: list[bytes] = []
         self.kept = 0
         self.seen = 0  # body bytes of the final response
@@ -140,6 +195,8 @@ class _Response:
         self.extra = False  # bytes followed the message
 
     # -- llhttp callbacks (called from feed_data) ----------------------------------------
+    # Field counts are checked when a head or the trailers end: their bytes are
+    # bounded by MAX_HEAD meanwhile, so the lists cannot grow without limit.
 
     def on_message_begin(self) -> None:
         if self.done:
@@ -151,36 +208,31 @@ class _Response:
         self.reason += data
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.headers is None:
-            fields = self.fields
-            fields.append((name, value))
-            if len(fields) > MAX_FIELDS:
-                raise _Refused(f"more than {MAX_FIELDS} header fields")
-        else:  # a trailer: read and dropped, as http.client does, but counted
-            self.trailers += 1
-            if self.trailers > MAX_FIELDS:
-                raise _Refused(f"more than {MAX_FIELDS} trailer fields")
+        self.fields.append((name, value))
 
     def on_headers_complete(self) -> None:
+        fields = self.fields
+        if len(fields) > MAX_FIELDS:
+            raise _Refused(f"more than {MAX_FIELDS} header fields")
         parser = self.parser
         status = parser.get_status_code()
-        if status < 100:
-            raise _Refused(f"status {status:03d} is not an HTTP status")
-        if status == 101:
-            raise _Refused("101 Switching Protocols: an upgrade this client never asked for")
         if status < 200:
+            if status < 100:
+                raise _Refused(f"status {status:03d} is not an HTTP status")
+            if status == 101:
+                raise _Refused("101 Switching Protocols: an upgrade this client never asked for")
             self.interim += 1
             if self.interim > MAX_INTERIM:
                 raise _Refused(f"more than {MAX_INTERIM} interim 1xx responses")
             return
         self.status = status
-        headers = self.headers = HTTPHeaderDict()
-        for name, value in self.fields:
-            headers.add(name.decode("latin-1"), value.decode("latin-1"))
-        if "content-encoding" in headers:
+        self.head = fields
+        self.fields = []  # trailers, read and dropped as http.client does, but counted
+        if _has(fields, b"content-encoding"):
+            self.encoded = True
             self.keep = -1  # keep it all (bounded by the drain limit): the caller decodes it
-        self.keep_alive = parser.should_keep_alive()
         if self.head_only:
+            self.keep_alive = parser.should_keep_alive()
             self.done = True  # a HEAD response has no body, whatever its headers say
 
     def on_chunk_header(self) -> None:
@@ -201,32 +253,40 @@ class _Response:
             self.kept += len(part)
 
     def on_message_complete(self) -> None:
-        if self.headers is None or self.done:
+        if self.head is None or self.done:
             return  # an interim answer ended, or a HEAD response's empty body
+        if len(self.fields) > MAX_FIELDS:
+            raise _Refused(f"more than {MAX_FIELDS} trailer fields")
         self.keep_alive = self.parser.should_keep_alive()
         self.done = True
 
     # -- results ---------------------------------------------------------------------------
 
     def result(self, complete: bool, reusable: bool) -> Result:
-        assert self.headers is not None  # noqa: S101 - only called once the head is complete
+        head = self.head
+        assert head is not None  # noqa: S101 - only called once the head is complete
+        headers = Headers(head)
+        parts = self.parts
         return Result(
             self.status,
             self.reason.decode("latin-1"),
-            self.headers,
-            b"".join(self.parts),
+            headers,
+            parts[0] if len(parts) == 1 else _joined(parts),
+            headers.get("Content-Encoding") if self.encoded else None,
             complete,
             reusable,
         )
 
     def framed(self) -> bool:
         """Whether the body's end is declared (a length or chunks), not the close."""
-        headers = self.headers
-        assert headers is not None  # noqa: S101 - only called once the head is complete
+        head = self.head
+        assert head is not None  # noqa: S101 - only called once the head is complete
         # A chunked body cut before its first chunk-size line shows no chunk yet:
         # with Transfer-Encoding and no body byte, the close is a truncation too.
         return (
-            self.chunked or "content-length" in headers or ("transfer-encoding" in headers and not self.seen)
+            self.chunked
+            or _has(head, b"content-length")
+            or (_has(head, b"transfer-encoding") and not self.seen)
         )
 
 
@@ -271,9 +331,13 @@ def exchange(
     resp = _Response(head_only, keep)
     parser = resp.parser = HttpResponseParser(resp)
     feed = parser.feed_data
-    recv = sock.recv
+    recv_into = sock.recv_into
+    buffer = getattr(_local, "buffer", None)
+    if buffer is None:  # one receive buffer per thread: no 64 KiB allocation per recv
+        buffer = _local.buffer = memoryview(bytearray(_RECV))
     timeout = _timeout(read_timeout, deadline, url)
-    sock.settimeout(timeout)
+    if sock.gettimeout() != timeout:  # the usual case on a reused connection: no syscall
+        sock.settimeout(timeout)
     cut: BaseException | None = None
     try:
         sock.sendall(request)
@@ -288,7 +352,7 @@ def exchange(
             sock.settimeout(wait)
             timeout = wait
         try:
-            data = recv(_RECV)
+            size = recv_into(buffer)
         except (ConnectionResetError, BrokenPipeError) as exc:
             if not received:
                 raise NoResponse("connection reset before any response") from exc
@@ -297,32 +361,33 @@ def exchange(
             if wait < read_timeout:  # the deadline, not read_timeout, bounded this wait
                 raise ReadTimeoutError(f"attempt_timeout exceeded reading from {url}", url=url) from exc
             raise ReadTimeoutError(f"read from {url} timed out", url=url) from exc
-        if not data:
+        if not size:
             if not received:
                 closed = cut or RemoteDisconnected("Remote end closed connection without response")
                 raise NoResponse("connection closed before any response") from closed
-            if resp.headers is None or resp.framed():
+            if resp.head is None or resp.framed():
                 why = "connection closed mid-response"
                 raise ResponseError(f"unreadable response from {url}: {why}", url=url) from ProtocolError(why)
             return resp.result(complete=True, reusable=False)  # a body that runs to the close
-        received += len(data)
+        received += size
         seen = resp.seen
         try:
-            feed(data)
+            feed(buffer[:size])  # llhttp's callbacks copy what they hand out: the buffer is free again
         except (HttpParserError, HttpParserUpgrade) as exc:
             if not resp.done:
                 _refuse(exc, url)
             resp.extra = True  # the message was whole; what followed it is not ours
         if resp.done:
-            pending = getattr(sock, "pending", None)  # TLS: bytes decrypted but not yet read
-            reusable = resp.keep_alive and not resp.extra and not (pending is not None and pending())
-            return resp.result(complete=True, reusable=reusable)
+            # Over TLS, one recv returns at most one record (16 KiB < _RECV) and OpenSSL
+            # reads no further ahead: bytes after the message wait in the kernel, where
+            # urllib3's check before the next reuse sees them.
+            return resp.result(complete=True, reusable=resp.keep_alive and not resp.extra)
         if resp.seen > limit:
             return resp.result(complete=False, reusable=False)
         if resp.seen != seen:
             idle = 0
         else:
-            idle += len(data)
+            idle += size
             if idle > MAX_HEAD:
                 _refuse(_Refused(f"more than {MAX_HEAD} bytes of head, chunk framing or trailers"), url)
 

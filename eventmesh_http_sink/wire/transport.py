@@ -235,9 +235,8 @@ class Urllib3Transport:
                     ) from again.__cause__
             reusable = result.reusable and not close
             data = result.body
-            encoding = result.headers.get("Content-Encoding")
-            if encoding is not None:
-                data = decode(data, encoding, url, self._keep)
+            if result.encoding is not None:
+                data = decode(data, result.encoding, url, self._keep)
             return Response(result.status, result.reason, result.headers, data)
         except SinkError:
             raise
