@@ -69,7 +69,11 @@ class Response:
 
 
 class Transport(Protocol):
-    """The minimal interface the connector needs to send one attempt."""
+    """The minimal interface the connector needs to send one attempt.
+
+    A transport may also have a ``reconnects`` attribute (an int, as
+    :class:`Urllib3Transport` does); ``stats().reconnects`` reports it.
+    """
 
     def send(self, method: str, url: str, body: bytes, headers: Mapping[str, str]) -> Response:
         """Make one attempt; raise a :class:`SinkError` subclass on failure."""
