@@ -105,13 +105,14 @@ def test_defect_07_every_recv_is_bounded_by_the_attempt_deadline(raw: ScriptServ
     t.close()
 
 
-def test_defect_08_keep_alive_false_closes_even_when_the_server_does_not(raw: ScriptServer) -> None:
-    t = _transport(raw, keep_alive=False)
-    for _ in range(3):
-        assert t.send("POST", raw.url, b"a", {"Connection": "close"}).status == 200  # the connector's header
-    assert raw.connections == 3
-    assert all(r.header("Connection") == [b"close"] for r in raw.requests)
-    t.close()
+def test_defect_08_keep_alive_false_closes_even_when_the_server_does_not() -> None:
+    with ScriptServer(ignore_close=True) as srv:  # answers, keeps the connection, no Connection: close
+        t = Urllib3Transport(HttpSinkConfig(srv.url, keep_alive=False))
+        for _ in range(3):
+            assert t.send("POST", srv.url, b"a", {}).status == 200
+        assert srv.connections == 3
+        assert all(r.header("Connection") == [b"close"] for r in srv.requests)
+        t.close()
 
 
 @pytest.mark.parametrize(
@@ -156,6 +157,11 @@ def test_defect_11_trailer_count_is_bounded(raw: ScriptServer) -> None:
     _refused_at_once(
         raw, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(b"ok", trailers=trailers)
     )
+
+
+def test_defect_11_header_count_is_bounded(raw: ScriptServer) -> None:
+    fields = b"".join(b"X-H%d: v\r\n" % i for i in range(150))
+    _refused_at_once(raw, b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 2\r\n\r\nok")
 
 
 def test_defect_11_interim_answers_are_bounded(raw: ScriptServer) -> None:

@@ -105,14 +105,18 @@ class ScriptServer:
     Args:
         answer: Makes the script for a request when ``replies`` is empty.
         ssl_context: Serve TLS with this server-side context.
+        ignore_close: Keep reading requests after one that said ``Connection: close``
+            (a server that does not honour it).
     """
 
     def __init__(
         self,
         answer: Callable[[Request], Script] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        ignore_close: bool = False,
     ) -> None:
         self.answer = answer
+        self._ignore_close = ignore_close
         self.replies: collections.deque[Script] = collections.deque()
         self.requests: list[Request] = []
         self.connections = 0
@@ -175,6 +179,8 @@ class ScriptServer:
         conn.settimeout(10)
         reader = _Reader(number)
         parser = reader.parser = httptools.HttpRequestParser(reader)
+        if self._ignore_close:
+            parser.set_dangerous_leniencies(lenient_keep_alive=True, lenient_data_after_close=True)
         try:
             if self._ssl is not None:
                 conn = self._ssl.wrap_socket(raw, server_side=True)
