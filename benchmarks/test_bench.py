@@ -7,13 +7,16 @@ the measured paths work. Sizes grow with ``EMHS_BENCH_RECORDS`` (default 2,000;
 1,000 in the smoke run).
 
 Figures are reported, never asserted: the targets are judged from
-``compare.py``'s side-by-side ratios (see README.md).
+``compare.py``'s side-by-side ratios (see README.md). In the smoke run,
+``test_compare_runs_every_client`` also runs compare.py itself, tiny, so every
+peer of the comparison is known to work over https and http.
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -24,11 +27,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from clients import PEERS
 from servers import ServerProcess, start_fast_server
 from workload import Count, make_record
 
-import eventmesh_http_sink as sink_mod
-from eventmesh_http_sink import ConnectRecord, HttpSinkConfig, HttpSinkConnector
+from eventmesh_http_sink import BatchConfig, ConnectRecord, HttpSinkConfig, HttpSinkConnector
+
+HERE = Path(__file__).resolve().parent
 
 
 def _records(request: pytest.FixtureRequest) -> int:
@@ -89,16 +94,10 @@ def test_throughput_one_request_per_record(benchmark: Any, server: ServerProcess
 
 def test_throughput_batched(benchmark: Any, server: ServerProcess, request: Any) -> None:
     """Records/s with 100 records per request (target: >= 100,000 records/s)."""
-    batch_config = getattr(sink_mod, "BatchConfig", None)
-    if batch_config is None:
-        pytest.skip("batching is not on this branch: eventmesh_http_sink.BatchConfig does not exist")
     n = _records(request) * 10
-    try:
-        config = HttpSinkConfig(
-            server.url, max_workers=16, max_pending=max(10_000, n), batch=batch_config(max_records=100)
-        )
-    except TypeError as exc:  # pragma: no cover - depends on the batching branch's API
-        pytest.skip(f"BatchConfig exists but its API differs from batch=BatchConfig(max_records=100): {exc}")
+    config = HttpSinkConfig(
+        server.url, max_workers=16, max_pending=max(10_000, n), batch=BatchConfig(max_records=100)
+    )
 
     rate = benchmark.pedantic(_delivery_rate, args=(config, n), rounds=3, iterations=1)
     benchmark.extra_info["records_per_s"] = round(rate)
@@ -138,3 +137,29 @@ def test_memory_long_run(benchmark: Any, server: ServerProcess, request: Any) ->
     benchmark.extra_info["rss_mb_samples"] = [round(s, 1) for s in samples]
     benchmark.extra_info["rss_growth_mb"] = round(growth, 1)
     print(f"\nRSS samples (MB) every {n // 5} records: {[round(s, 1) for s in samples]}")
+
+
+def test_compare_runs_every_client(request: Any) -> None:
+    """compare.py's harness, tiny: every client delivers every record over https and http.
+
+    Proves each peer still runs (and verifies TLS against the run's throw-away
+    CA) so a real run in a quiet window does not die half-way. One round, 100
+    records, no wrk: a few seconds, no figure worth reading.
+    """
+    if not request.config.getoption("benchmark_disable", default=False):
+        pytest.skip("the harness smoke check runs with --benchmark-disable (the CI smoke run)")
+    cmd = [sys.executable, str(HERE / "compare.py"), "--scenario", "https,http", "--records", "100"]
+    cmd += ["--rounds", "1", "--wrk-seconds", "0"]
+    out = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    for scenario in ("https", "http"):
+        section = out.stdout.split(f"== {scenario},", 1)[1].split("\n==", 1)[0]
+        for peer in PEERS:
+            assert f"\n  {peer} " in section, f"{peer} missing from the {scenario} table:\n{section}"
+        assert "connector / raw-loop-4 = " in section

@@ -30,7 +30,7 @@ from .errors import (
 from .integrations.per_process import ProcessConnector
 from .integrations.worker_batch import BatchDeliveryError, BatchSummary, deliver_batch, records_from_dicts
 from .metrics import HistogramSnapshot, UrlStats
-from .outcomes.dead_letter import ReplayReport, replay
+from .outcomes.replay import ReplayReport, replay
 from .outcomes.result_store import ResultStoreConfig
 from .records import ConnectRecord
 from .results import SendExceptionContext, SendMessageCallback, SendResult

@@ -49,6 +49,7 @@ from ._validators import (
 from .dispatch.batching import BatchConfig
 from .errors import ConfigError
 from .outcomes.result_store import ResultStoreConfig
+from .redact import redact_text, redact_url
 from .scheduling.breaker import CircuitBreakerConfig
 from .wire.headers import check_header, merge_headers
 
@@ -59,6 +60,10 @@ DEFAULT_SENSITIVE_HEADERS = frozenset(
 )
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 field-name / method token
 _DEFAULT_RETRY_STATUSES = (408, 425, 429, 500, 502, 503, 504)
+#: The accepted ``rate_limit`` range, in requests per second: at least one request
+#: per 100 s (slower would park each record for minutes, past any sane retry budget),
+#: at most a million (beyond that no limit is meant: use ``None``).
+RATE_LIMIT_RANGE = (0.01, 1_000_000.0)
 
 
 # -- validators: each names the field through ``attr.name`` ------------------------------
@@ -75,6 +80,16 @@ def _dead_letter_target(inst: object, attr: attrs.Attribute[Any], value: Any) ->
         raise ConfigError(attr.name, f"directory {directory!r} does not exist")
     if os.path.isdir(os.fspath(value)):
         raise ConfigError(attr.name, f"{os.fspath(value)!r} is a directory, not a file")
+
+
+def _rate_limit(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    low, high = RATE_LIMIT_RANGE
+    # ``not low <= value <= high`` is also true for nan; inf is above the range.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ConfigError(
+            attr.name,
+            f"must be None or a number of requests per second from {low:g} to {high:.0f}, got {value!r}",
+        )
 
 
 # -- converters ---------------------------------------------------------------------------
@@ -210,6 +225,7 @@ class HttpSinkConfig:
             (:class:`SinkClosedError`).
         rate_limit: At most this many requests per second (token bucket, burst of the
             same size), shared by all workers; records wait, they are not dropped.
+            From 0.01 (one request per 100 s) to 1,000,000; ``None`` for no limit.
         circuit_breaker: A :class:`CircuitBreakerConfig` to stop sending to a URL
             that keeps failing.
     """
@@ -300,7 +316,7 @@ class HttpSinkConfig:
         default=None, validator=_optional(_dead_letter_target), kw_only=True
     )
     dead_letter_on_close: bool = attrs.field(default=False, validator=_boolean, kw_only=True)
-    rate_limit: float | None = attrs.field(default=None, validator=_optional(_positive), kw_only=True)
+    rate_limit: float | None = attrs.field(default=None, validator=_optional(_rate_limit), kw_only=True)
     circuit_breaker: CircuitBreakerConfig | None = attrs.field(
         default=None, validator=_optional(_instance_of(CircuitBreakerConfig)), kw_only=True
     )
@@ -312,14 +328,16 @@ class HttpSinkConfig:
         for url in value:
             if not isinstance(url, str) or not url:
                 raise ConfigError("urls", f"each URL must be a non-empty str, got {url!r}")
+            shown = redact_url(url)  # the query string may hold the credential
             try:
                 parsed = parse_url(url)
             except ValueError as exc:
-                raise ConfigError("urls", f"{url!r} is not a valid URL: {exc}") from None
+                reason = redact_text(str(exc))
+                raise ConfigError("urls", f"{shown!r} is not a valid URL: {reason}") from None
             if parsed.scheme not in ("http", "https"):
-                raise ConfigError("urls", f"{url!r}: scheme must be http or https, got {parsed.scheme!r}")
+                raise ConfigError("urls", f"{shown!r}: scheme must be http or https, got {parsed.scheme!r}")
             if not parsed.host:
-                raise ConfigError("urls", f"{url!r} has no host")
+                raise ConfigError("urls", f"{shown!r} has no host")
             if parsed.auth:
                 raise ConfigError(
                     "urls", f"{parsed.host}: credentials in the URL would be logged; use headers"
@@ -379,12 +397,14 @@ class HttpSinkConfig:
                     raise ConfigError(name, "cannot be combined with batch (not supported yet)")
 
     def __repr__(self) -> str:
-        # Header values may be credentials: the repr must be safe to log.
+        # Header values and query strings may be credentials: the repr must be safe to log.
         parts = []
         for f in attrs.fields(type(self)):
             value = getattr(self, f.name)
             if f.name == "headers":
                 value = {k: self.redact(k, v) for k, v in value.items()}
+            elif f.name == "urls":
+                value = tuple(redact_url(url) for url in value)
             elif f.name in ("auth", "bearer_token") and value is not None:
                 value = "***"
             parts.append(f"{f.name}={value!r}")

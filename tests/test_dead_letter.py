@@ -174,6 +174,19 @@ def test_dead_letter_config_is_validated(value, tmp_path):
     assert info.value.field == "dead_letter_on_close"
 
 
+def _open_fds_for(path) -> int:
+    import os
+
+    target = os.path.realpath(path)
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}") == target
+        except OSError:
+            pass
+    return count
+
+
 def test_writer_fsyncs_on_close_and_late_writes_leave_nothing_open(tmp_path, monkeypatch):
     import os
 
@@ -185,10 +198,11 @@ def test_writer_fsyncs_on_close_and_late_writes_leave_nothing_open(tmp_path, mon
     path = tmp_path / "w.jsonl"
     writer = DeadLetterWriter(str(path))
     writer.write(lambda: {"record_id": "a"}, "a")
-    assert read_lines(path) == [{"record_id": "a"}]  # flushed per line
+    assert read_lines(path) == [{"record_id": "a"}]  # in the file at once: no user-space buffer
+    assert _open_fds_for(path) == 1
     writer.close()
-    assert len(synced) == 1 and writer._file is None
+    assert len(synced) == 1 and _open_fds_for(path) == 0
     writer.write(lambda: {"record_id": "late"}, "late")  # a record finishing after close
-    assert writer._file is None and len(synced) == 2
+    assert _open_fds_for(path) == 0 and len(synced) == 2
     assert [e["record_id"] for e in read_lines(path)] == ["a", "late"]
     assert writer.written == 2 and writer.errors == 0

@@ -80,11 +80,21 @@ def test_token_bucket_reservations_are_spaced():
     assert bucket.reserve() == 0.0
 
 
-@pytest.mark.parametrize("value", [0, -1, "5", True])
+@pytest.mark.parametrize(
+    "value", [0, -1, "5", True, 0.001, 1e-300, float("inf"), float("nan"), 1_000_001, -float("inf")]
+)
 def test_rate_limit_is_validated(value):
+    # Absurd rates are refused up front, naming the accepted range: 0.001 would park each
+    # record ~1,000 s, 1e-300 overflowed the gate's timer (issue 16, item 8).
     with pytest.raises(ConfigError) as info:
         HttpSinkConfig("http://localhost/", rate_limit=value)
     assert info.value.field == "rate_limit"
+    assert "from 0.01 to 1000000" in str(info.value)
+
+
+@pytest.mark.parametrize("value", [0.01, 1, 2.5, 1_000_000])
+def test_rate_limit_range_bounds_are_accepted(value):
+    assert HttpSinkConfig("http://localhost/", rate_limit=value).rate_limit == value
 
 
 # -- circuit breaker ----------------------------------------------------------------------------

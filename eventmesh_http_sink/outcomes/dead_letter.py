@@ -1,4 +1,4 @@
-"""Dead letters: records whose final outcome was a failure, kept as JSON lines, and their replay.
+"""Dead letters: records whose final outcome was a failure, kept as JSON lines.
 
 Each failed record becomes one line::
 
@@ -9,32 +9,30 @@ Each failed record becomes one line::
 
 ``data`` is the record's data as the sink encodes it: the JSON value, the text, or
 the bytes in base64.
-Headers are never written, so credentials never reach the file.
-:func:`replay` sends such a file again through a connector, keeping each
-record's ``record_id`` and so its ``Idempotency-Key``.
+Headers are never written, and the URL and error message go through
+:func:`~eventmesh_http_sink.redact.redact_url` / ``redact_text``, so credentials
+never reach the file. :func:`~eventmesh_http_sink.outcomes.replay.replay`
+sends such a file again.
 """
 
 from __future__ import annotations
 
 import base64
-import concurrent.futures
 import datetime
+import errno
 import json
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any
-
-import attrs
+from typing import Any
 
 from eventmesh_http_sink.errors import SinkError
 from eventmesh_http_sink.records import BYTES_CONTENT_TYPE, JSON_CONTENT_TYPE, ConnectRecord, encode_data
+from eventmesh_http_sink.redact import redact_text, redact_url
 
-if TYPE_CHECKING:
-    from eventmesh_http_sink.connector import HttpSinkConnector
-
-__all__ = ["DeadLetterWriter", "ReplayReport", "dead_letter_entry", "replay"]
+__all__ = ["DeadLetterWriter", "dead_letter_entry"]
 
 _log = logging.getLogger("eventmesh_http_sink")
 
@@ -64,10 +62,10 @@ def dead_letter_entry(record: ConnectRecord, error: SinkError, attempts: int) ->
         "extensions": None if record.extensions is None else dict(record.extensions),
         "timestamp": record.timestamp,
         "error_type": type(error).__name__,
-        "error": str(error),
+        "error": redact_text(str(error)),
         "status": error.status,
         "attempts": attempts,
-        "url": error.url,
+        "url": None if error.url is None else redact_url(error.url),
         "failed_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
     }
 
@@ -75,9 +73,19 @@ def dead_letter_entry(record: ConnectRecord, error: SinkError, attempts: int) ->
 class DeadLetterWriter:
     """Writes dead-letter entries to a JSON-lines file or hands them to a callable.
 
-    Thread-safe; each line is flushed as it is written and the file is fsynced
-    on :meth:`close`. A failing write is logged and counted in ``errors``;
-    it never raises into the connector, so no record loses its callback.
+    Thread-safe, and safe to share between processes (Celery prefork children
+    with one path): the file is opened with ``O_APPEND`` and each entry goes out
+    as one ``os.write`` of the whole line, so concurrent writers never
+    interleave inside a line and no user-space buffer can write half a line
+    later. Before each line the writer checks that the file ends with a newline;
+    if it does not (a process was killed mid-write, or a write failed half way on
+    a full disk) the line starts with one, so the fragment stays a line of its
+    own that :func:`replay` skips with its number.
+
+    ``written`` counts entries that are whole in the file (or were accepted by
+    the callable); ``errors`` counts entries that are not: a failed write is
+    logged and counted, never raised into the connector, so no record loses its
+    callback. :meth:`close` fsyncs and never raises.
     """
 
     def __init__(self, target: str | os.PathLike[str] | DeadLetterSink) -> None:
@@ -87,144 +95,148 @@ class DeadLetterWriter:
             self._sink = target
         else:
             self._path = os.fspath(target)
-        self._file: IO[str] | None = None
+        self._fd: int | None = None
+        self._torn = False  # a non-regular target (pipe, device) whose last write stopped mid-line
         self._closed = False
+        self._failing = 0  # consecutive failures: logged once at ERROR, then at DEBUG
         self._lock = threading.Lock()
         self.written = 0
         self.errors = 0
 
     def write(self, make_entry: Callable[[], dict[str, Any]], record_id: str) -> None:
         """Build and write one entry; never raises (a failure is logged and counted)."""
-        try:
-            entry = make_entry()
-            if self._sink is not None:
-                self._sink(entry)
-                with self._lock:
-                    self.written += 1
+        if self._sink is not None:
+            try:
+                self._sink(make_entry())
+            except BaseException as exc:  # user code (even SystemExit) must not stop a worker
+                self._count_error(record_id, exc)
                 return
-            line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
             with self._lock:
-                if self._closed:
-                    # A record finishing after close(): write it, and leave nothing open.
-                    with open(self._path or "", "a", encoding="utf-8") as late:
-                        late.write(line)
-                        late.flush()
-                        os.fsync(late.fileno())
-                else:
-                    if self._file is None:  # opened at the first failure
-                        self._file = open(self._path or "", "a", encoding="utf-8")  # noqa: SIM115
-                    self._file.write(line)
-                    self._file.flush()
                 self.written += 1
-        except Exception:
-            with self._lock:
-                self.errors += 1
-            _log.exception("writing the dead letter of record %s failed", record_id)
+                failed, self._failing = self._failing, 0
+        else:
+            try:
+                line = _encode_line(make_entry())
+                with self._lock:
+                    self._write_line(line)
+                    self.written += 1  # under the lock that wrote it: the count is what the file holds
+                    failed, self._failing = self._failing, 0
+            except Exception as exc:
+                self._count_error(record_id, exc)
+                return
+        if failed:
+            _log.warning(
+                "dead-letter writes work again after %d failed (record %s written)", failed, record_id
+            )
+
+    def _write_line(self, line: bytes) -> None:
+        # Called with the lock held.
+        if self._closed:
+            # A record finishing after close(): write it, and leave nothing open.
+            fd = _open_append(self._path or "")
+            try:
+                self._append(fd, line)
+            finally:
+                _fsync(fd, self._path)
+                _close(fd)
+            return
+        if self._fd is None:  # opened at the first failure
+            self._fd = _open_append(self._path or "")
+        self._append(self._fd, line)
+
+    def _append(self, fd: int, line: bytes) -> None:
+        # Called with the lock held: one write of the whole line, after a newline
+        # if the file ends inside one.
+        if self._tail_is_torn(fd):
+            line = b"\n" + line
+        done = 0
+        try:
+            while done < len(line):
+                n = os.write(fd, memoryview(line)[done:])
+                if n <= 0:  # defensive: a regular file never returns 0 for a non-empty write
+                    raise OSError(errno.EIO, "write wrote nothing")
+                done += n
+        finally:
+            if done:  # the file now ends where this write stopped
+                self._torn = line[done - 1] != _NEWLINE
+
+    def _tail_is_torn(self, fd: int) -> bool:
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return self._torn  # a pipe or device: only our own writes are known
+            if info.st_size == 0 or os.pread(fd, 1, info.st_size - 1) == b"\n":
+                return False
+        except OSError:
+            return self._torn  # opened write-only (no read permission): trust our own writes
+        if not self._torn:  # someone else's fragment (ours was logged as a failed write)
+            _log.warning(
+                "dead-letter file %s ends inside a line (a process stopped mid-write, or a disk"
+                " was full): the next entry starts on a new line; replay skips the broken one",
+                self._path,
+            )
+            self._torn = True
+        return True
+
+    def _count_error(self, record_id: str, exc: BaseException) -> None:
+        with self._lock:
+            self.errors += 1
+            self._failing += 1
+            first = self._failing == 1
+        target = self._path if self._sink is None else "the dead_letter callable"
+        if first:
+            # One ERROR per run of failures (a full disk fails every record): the rest at DEBUG.
+            _log.error(
+                "writing the dead letter of record %s to %s failed: %s: %s"
+                " (counted in dead_letter_errors; further failures are logged at DEBUG)",
+                record_id,
+                target,
+                type(exc).__name__,
+                exc,
+                exc_info=not isinstance(exc, OSError),
+            )
+        else:
+            _log.debug("writing the dead letter of record %s failed: %s", record_id, exc)
 
     def close(self) -> None:
-        """Fsync and close the file (a later write appends and fsyncs on its own)."""
+        """Fsync and close the file (a later write appends and fsyncs on its own); never raises."""
         with self._lock:
             self._closed = True
-            file, self._file = self._file, None
-            if file is None:
-                return
-            try:
-                file.flush()
-                os.fsync(file.fileno())
-            except OSError:
-                self.errors += 1
-                _log.exception("fsync of dead-letter file %s failed", self._path)
-            finally:
-                file.close()
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            _fsync(fd, self._path)
+            _close(fd)
 
 
-@attrs.frozen
-class ReplayReport:
-    """What :func:`replay` did.
-
-    Attributes:
-        resent: Records put into the connector.
-        succeeded: Records delivered this time.
-        failed: Records that failed again (or could not be put).
-        skipped: ``(line_number, reason)`` of lines that could not be parsed.
-        failed_ids: The record ids counted in ``failed``.
-    """
-
-    resent: int
-    succeeded: int
-    failed: int
-    skipped: tuple[tuple[int, str], ...] = ()
-    failed_ids: tuple[str, ...] = ()
+_NEWLINE = ord("\n")
 
 
-def _record_from(entry: Any) -> ConnectRecord:
-    if not isinstance(entry, dict):
-        raise ValueError(f"expected a JSON object, got {type(entry).__name__}")
-    record_id = entry.get("record_id")
-    if not isinstance(record_id, str) or not record_id:
-        raise ValueError("record_id is missing")
-    if "data" not in entry:
-        raise ValueError("data is missing")
-    encoding = entry.get("data_encoding", "json")
-    data = entry["data"]
-    if encoding == "base64":
-        if not isinstance(data, str):
-            raise ValueError("base64 data must be a string")
-        data = base64.b64decode(data, validate=True)
-    elif encoding == "text":
-        if not isinstance(data, str):
-            raise ValueError("text data must be a string")
-    elif encoding != "json":
-        raise ValueError(f"unknown data_encoding {encoding!r}")
-    return ConnectRecord(
-        data, extensions=entry.get("extensions"), timestamp=entry.get("timestamp"), record_id=record_id
-    )
+def _encode_line(entry: dict[str, Any]) -> bytes:
+    try:
+        text = json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
+        return (text + "\n").encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (an extension value): escape everything
+        return (json.dumps(entry, separators=(",", ":")) + "\n").encode("ascii")
 
 
-def replay(
-    path: str | os.PathLike[str], connector: HttpSinkConnector, *, timeout: float | None = None
-) -> ReplayReport:
-    """Send the records of a dead-letter file again through ``connector``.
+def _open_append(path: str) -> int:
+    flags = os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    try:
+        return os.open(path, os.O_RDWR | flags, 0o666)  # readable too: the tail check preads
+    except PermissionError:
+        return os.open(path, os.O_WRONLY | flags, 0o666)
 
-    Every line is parsed first; a line that cannot be parsed (bad JSON, missing
-    fields, bad base64) is logged, reported in ``skipped`` with its line number,
-    and does not stop the rest. Records keep their ``record_id``, so receivers
-    see the same ``Idempotency-Key``. Records that fail again reach the
-    connector's own ``dead_letter`` if it has one: give it another file than
-    ``path`` if you want to keep the two apart.
 
-    Args:
-        path: The dead-letter file.
-        connector: Where to send (started if needed).
-        timeout: Seconds to wait for the outcomes; records still pending then count as failed.
+def _fsync(fd: int, path: str | None) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # EINVAL on a pipe or device; EIO/ENOSPC on a failing disk
+        if exc.errno != errno.EINVAL:
+            _log.error("fsync of dead-letter file %s failed: %s", path, exc)
 
-    Returns:
-        A :class:`ReplayReport`.
-    """
-    records: list[ConnectRecord] = []
-    skipped: list[tuple[int, str]] = []
-    with open(os.fspath(path), encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(_record_from(json.loads(line)))
-            except (ValueError, TypeError, SinkError) as exc:  # JSONDecodeError and binascii.Error too
-                _log.warning("dead-letter file %s line %d skipped: %s", path, number, exc)
-                skipped.append((number, str(exc)))
-    futures: dict[concurrent.futures.Future[Any], str] = {}
-    for record in records:
-        try:
-            futures[connector.put(record)] = record.record_id
-        except SinkError as exc:
-            _log.warning("replay of record %s refused: %s", record.record_id, exc)
-    done, _ = concurrent.futures.wait(futures, timeout=timeout)
-    delivered = {futures[f] for f in done if f.exception() is None}
-    failed_ids = tuple(r.record_id for r in records if r.record_id not in delivered)
-    return ReplayReport(
-        resent=len(futures),
-        succeeded=len(delivered),
-        failed=len(failed_ids),
-        skipped=tuple(skipped),
-        failed_ids=failed_ids,
-    )
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError as exc:
+        _log.error("closing the dead-letter file failed: %s", exc)

@@ -23,7 +23,8 @@ from typing import Any
 from eventmesh_http_sink.config import HttpSinkConfig
 from eventmesh_http_sink.errors import CircuitOpenError, SinkClosedError, SinkError
 from eventmesh_http_sink.outcomes.dead_letter import DeadLetterWriter, dead_letter_entry
-from eventmesh_http_sink.outcomes.result_store import ExportServer, ResultStore
+from eventmesh_http_sink.outcomes.export_server import ExportServer
+from eventmesh_http_sink.outcomes.result_store import ResultStore
 from eventmesh_http_sink.records import ConnectRecord
 from eventmesh_http_sink.scheduling.breaker import CircuitBreaker
 from eventmesh_http_sink.scheduling.ratelimit import TokenBucket

@@ -1,37 +1,31 @@
-"""A bounded store of attempt outcomes and the HTTP endpoint that exports it.
+"""A bounded store of attempt outcomes, EventMesh's webhook format.
 
 EventMesh's HTTP sink has a "webhook" mode: it keeps every attempt's outcome
 in a bounded queue and serves it over HTTP so other systems can poll what
 happened. :class:`ResultStore` is that queue (one entry per attempt, retries
-included, the oldest entry dropped when full) and :class:`ExportServer` the
-endpoint::
-
-    GET /export?pageNum=1&pageSize=10&type=peek   -> 200 {"pageNum", "pageSize", "pageItems"}
-                                                    204 when there is nothing to return
-                                                    400 {"error": ...} for bad parameters
+included, the oldest entry dropped when full); :mod:`.export_server` serves it.
+URLs and messages are stored redacted (:mod:`eventmesh_http_sink.redact`): the
+endpoint has no authentication.
 """
 
 from __future__ import annotations
 
 import collections
 import datetime
-import json
-import logging
-import socket
+import itertools
+import os
 import threading
-import urllib.parse
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import weakref
 from typing import Any, ClassVar, Literal
 
 import attrs
 
-from eventmesh_http_sink._validators import field_name, non_empty_str, positive_int
+from eventmesh_http_sink._validators import field_name, non_empty_str, positive, positive_int
 from eventmesh_http_sink.errors import ConfigError
+from eventmesh_http_sink.redact import redact_text, redact_url
 
-__all__ = ["ExportServer", "ResultStore", "ResultStoreConfig"]
+__all__ = ["ResultStore", "ResultStoreConfig"]
 
-_log = logging.getLogger("eventmesh_http_sink")
 _MAX_MESSAGE = 256
 _MODES = ("peek", "poll")
 
@@ -61,6 +55,8 @@ class ResultStoreConfig:
         serve_host: The address the export endpoint binds (loopback by default:
             the entries carry response bodies).
         export_path: The path of the export endpoint.
+        idle_timeout: Seconds an endpoint connection may stay quiet (no byte read or
+            written, a stalled answer included) before it is closed.
     """
 
     _config_prefix: ClassVar[str] = "result_store"  # ConfigError names "result_store.<field>"
@@ -69,6 +65,7 @@ class ResultStoreConfig:
     serve_port: int | None = attrs.field(default=None, validator=_check_port)
     serve_host: str = attrs.field(default="127.0.0.1", validator=non_empty_str)
     export_path: str = attrs.field(default="/export", validator=_check_path)
+    idle_timeout: float = attrs.field(default=10.0, validator=positive)
 
 
 def _iso_now() -> str:
@@ -94,13 +91,17 @@ class ResultStore:
 
     Each entry is ``{"metadata": {"url", "code", "message", "receivedTime",
     "recordId", "retryNum"}, "data": <response body text or None>}``; ``code``
-    is -1 when no response was read.
+    is -1 when no response was read. ``url`` and ``message`` are redacted
+    (query-string values become ``***``).
     """
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
-        self._items: collections.deque[dict[str, Any]] = collections.deque(maxlen=max_size)
+        # (sequence number, entry): the number keeps entries in order when a poll puts some back.
+        self._items: collections.deque[tuple[int, dict[str, Any]]] = collections.deque(maxlen=max_size)
+        self._seq = itertools.count()
         self._lock = threading.Lock()
+        _STORES.add(self)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -118,9 +119,9 @@ class ResultStore:
         """Append one attempt's outcome (the oldest entry goes when full)."""
         entry = {
             "metadata": {
-                "url": url,
+                "url": redact_url(url),
                 "code": -1 if status is None else status,
-                "message": message[:_MAX_MESSAGE],
+                "message": redact_text(message[:_MAX_MESSAGE]),
                 "receivedTime": _iso_now(),
                 "recordId": record_id,
                 "retryNum": retry_num,
@@ -128,7 +129,7 @@ class ResultStore:
             "data": None if body is None else body.decode("utf-8", errors="replace"),
         }
         with self._lock:
-            self._items.append(entry)  # deque(maxlen) drops the oldest
+            self._items.append((next(self._seq), entry))  # deque(maxlen) drops the oldest
 
     def export(
         self, page_num: int = 1, page_size: int = 10, mode: Literal["peek", "poll"] = "peek"
@@ -146,112 +147,46 @@ class ResultStore:
             ValueError: a parameter is out of range.
         """
         check_page(page_num, page_size, mode)
-        with self._lock:
-            if mode == "poll":
-                count = min(page_size, len(self._items))
-                items = [self._items.popleft() for _ in range(count)]
-            else:
-                start = (page_num - 1) * page_size
-                items = list(self._items)[start : start + page_size]
+        if mode == "poll":
+            items = [entry for _, entry in self.take(page_size)]
+        else:
+            start = (page_num - 1) * page_size
+            with self._lock:
+                items = [entry for _, entry in itertools.islice(self._items, start, start + page_size)]
         return {"pageNum": page_num, "pageSize": len(items), "pageItems": items}
 
+    def take(self, count: int) -> list[tuple[int, dict[str, Any]]]:
+        """Remove and return up to ``count`` oldest entries (:meth:`give_back` them if undelivered)."""
+        with self._lock:
+            return [self._items.popleft() for _ in range(min(count, len(self._items)))]
 
-class ExportServer:
-    """Serves a :class:`ResultStore` at ``GET <export_path>`` from a daemon thread."""
+    def give_back(self, taken: list[tuple[int, dict[str, Any]]]) -> None:
+        """Put entries from :meth:`take` back at their place, oldest first.
 
-    def __init__(self, store: ResultStore, config: ResultStoreConfig) -> None:
-        self._store = store
-        self._path = config.export_path
-        server_class = _ServerV6 if ":" in config.serve_host else ThreadingHTTPServer
-        try:
-            self._server = server_class((config.serve_host, config.serve_port or 0), _make_handler(self))
-        except OSError as exc:
-            raise ConfigError(
-                "result_store.serve_port",
-                f"cannot serve on {config.serve_host}:{config.serve_port}: {exc}",
-            ) from exc
-        self._server.daemon_threads = True
-        host, port = config.serve_host, int(self._server.server_address[1])
-        shown = f"[{host}]" if ":" in host else host
-        self.url = f"http://{shown}:{port}{self._path}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name=f"eventmesh-http-sink-export-{port}",
-            daemon=True,
-        )
-        self._thread.start()
-        _log.info("serving attempt results at %s", self.url)
-        if host not in ("127.0.0.1", "::1", "localhost"):
-            # The endpoint has no authentication and the entries carry response bodies.
-            _log.warning("the export endpoint %s is reachable beyond loopback, unauthenticated", self.url)
+        They are older than every entry added since, so they go back to the head;
+        if the store filled up meanwhile, the oldest of them go, as they would have.
+        """
+        with self._lock:
+            head = []  # entries another give_back put back that are older than ours
+            newest = taken[-1][0] if taken else -1
+            while self._items and self._items[0][0] < newest:
+                head.append(self._items.popleft())
+            merged = sorted(head + taken, key=lambda item: item[0])
+            room = self.max_size - len(self._items)
+            self._items.extendleft(reversed(merged[max(0, len(merged) - room) :]))
 
-    def close(self) -> None:
-        """Stop serving and release the port."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-
-    def answer(self, raw_path: str) -> tuple[int, dict[str, Any] | None]:
-        """The status and JSON body for a GET of ``raw_path``."""
-        parsed = urllib.parse.urlsplit(raw_path)
-        if parsed.path != self._path:
-            return HTTPStatus.NOT_FOUND, {"error": f"not found: use {self._path}"}
-        query = urllib.parse.parse_qs(parsed.query, keep_blank_values=True)
-        try:
-            page_num = _int_param(query, "pageNum")
-            page_size = _int_param(query, "pageSize")
-            mode = query.get("type", ["peek"])[-1]
-            check_page(page_num, page_size, mode)
-        except ValueError as exc:
-            return HTTPStatus.BAD_REQUEST, {"error": str(exc)}
-        page = self._store.export(page_num, page_size, mode)  # type: ignore[arg-type]
-        if not page["pageItems"]:
-            return HTTPStatus.NO_CONTENT, None
-        return HTTPStatus.OK, page
+    def _after_fork_in_child(self) -> None:
+        # A parent thread may have held the lock at the fork: the child would wait forever.
+        self._lock = threading.Lock()
 
 
-class _ServerV6(ThreadingHTTPServer):
-    address_family = socket.AF_INET6
+_STORES: weakref.WeakSet[ResultStore] = weakref.WeakSet()
 
 
-def _int_param(query: dict[str, list[str]], name: str) -> int:
-    values = query.get(name)
-    if not values:
-        raise ValueError(f"{name} is required")
-    text = values[-1].strip()
-    if not text.isdigit():
-        raise ValueError(f"{name} must be a positive integer, got {values[-1]!r}")
-    return int(text)
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
+        store._after_fork_in_child()
 
 
-def _make_handler(export: ExportServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "eventmesh-http-sink-export"
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:
-            status, payload = export.answer(self.path)
-            self._send(status, payload)
-
-        def _refuse(self) -> None:
-            self._send(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "only GET is supported"}, allow=True)
-
-        do_POST = do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815
-
-        def _send(self, status: int, payload: dict[str, Any] | None, allow: bool = False) -> None:
-            body = b"" if payload is None else json.dumps(payload).encode("utf-8")
-            self.send_response(status)
-            if allow:
-                self.send_header("Allow", "GET")
-            if payload is not None:
-                self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if body:
-                self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            _log.debug("export endpoint: " + format, *args)
-
-    return Handler
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
