@@ -54,6 +54,7 @@ from .errors import ConfigError
 from .outcomes.result_store import ResultStoreConfig
 from .redact import redact_text, redact_url
 from .scheduling.breaker import CircuitBreakerConfig
+from .wire.headers import check_header, merge_headers
 
 __all__ = ["DEFAULT_SENSITIVE_HEADERS", "HttpSinkConfig", "RetryConfig", "check_header"]
 
@@ -66,24 +67,6 @@ _DEFAULT_RETRY_STATUSES = (408, 425, 429, 500, 502, 503, 504)
 #: per 100 s (slower would park each record for minutes, past any sane retry budget),
 #: at most a million (beyond that no limit is meant: use ``None``).
 RATE_LIMIT_RANGE = (0.01, 1_000_000.0)
-
-
-def check_header(name: object, value: object, where: str) -> None:
-    """Refuse a header that could split the request or fail to encode.
-
-    Raises:
-        ConfigError: naming ``where`` (the field or record the header came from).
-    """
-    if not isinstance(name, str) or not _TOKEN.match(name):
-        raise ConfigError(where, f"header name {name!r} is not a valid HTTP token")
-    if not isinstance(value, str):
-        raise ConfigError(where, f"header {name!r} value must be str, got {type(value).__name__}")
-    if "\r" in value or "\n" in value or "\0" in value:
-        raise ConfigError(where, f"header {name!r} value contains CR, LF or NUL")
-    try:
-        value.encode("latin-1")
-    except UnicodeEncodeError:
-        raise ConfigError(where, f"header {name!r} value is not latin-1 encodable") from None
 
 
 # -- validators: each names the field through ``attr.name`` ------------------------------
@@ -367,8 +350,8 @@ class HttpSinkConfig:
 
     @headers.validator
     def _check_headers(self, attr: attrs.Attribute[Any], value: Mapping[str, str]) -> None:
-        for name, val in value.items():
-            check_header(name, val, "headers")
+        # The request header policy (framing names refused, one value per name) is wire/headers.py's.
+        merge_headers({}, value, "headers")
 
     @method.validator
     def _check_method(self, attr: attrs.Attribute[Any], value: str) -> None:

@@ -56,6 +56,7 @@ from .outcomes.result_store import ResultStore
 from .records import ConnectRecord, encode_data, encode_extensions
 from .results import SendExceptionContext, SendResult
 from .scheduling.retry import RetryPolicy, RetryScheduler
+from .wire.headers import base_headers
 from .wire.request_options import RequestOptions, status_error
 from .wire.transport import RequestsTransport, Transport, Urllib3Transport, reset_session_pools_after_fork
 
@@ -65,7 +66,6 @@ if TYPE_CHECKING:
 __all__ = ["HttpSinkConnector", "SinkStats"]
 
 _log = logging.getLogger("eventmesh_http_sink")
-_USER_AGENT = "eventmesh-http-sink/0.1"
 _NEW, _OPEN, _CLOSED = "new", "open", "closed"
 
 # Flags the thread while it runs a record's callbacks, so flush() can refuse to
@@ -137,6 +137,7 @@ class SinkStats:
     circuit_rejected: int = 0
     dead_lettered: int = 0
     dead_letter_errors: int = 0
+    reconnects: int = 0  # requests resent on a fresh connection after a stale keep-alive one
     per_url: Mapping[str, UrlStats] = attrs.field(factory=dict)
     retries_by_cause: Mapping[str, int] = attrs.field(factory=dict)
     failures_by_kind: Mapping[str, int] = attrs.field(factory=dict)
@@ -219,9 +220,7 @@ class HttpSinkConnector(DeliveryMixin):
         self._urls = config.urls
         self._method = config.method
         self._max_body = config.max_body_bytes
-        self._base_headers = {"User-Agent": _USER_AGENT, **config.headers}
-        if not config.keep_alive:
-            self._base_headers["Connection"] = "close"
+        self._base_headers = base_headers(config)
         self._strategy = make_strategy(
             config.urls, config.delivery_strategy, config.failover_threshold, config.failover_cooldown
         )
@@ -325,7 +324,7 @@ class HttpSinkConnector(DeliveryMixin):
                 record.record_id, f"body of {len(body)} bytes exceeds max_body_bytes ({self._max_body})"
             )
         headers = self._base_headers.copy()
-        headers["Content-Type"] = content_type
+        headers.setdefault("Content-Type", content_type)  # a configured Content-Type wins
         headers["Idempotency-Key"] = record.record_id
         extension = encode_extensions(record)
         if extension is not None:
@@ -685,6 +684,7 @@ class HttpSinkConnector(DeliveryMixin):
             latency_p99=latency.percentile(0.99),
             latency=latency,
             breaker=breaker.states() if breaker is not None else {},
+            reconnects=getattr(rt.transport, "reconnects", 0),  # a custom transport may not count them
         )
 
     def export(

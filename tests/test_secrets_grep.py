@@ -133,7 +133,8 @@ def _run_connector(
         f"{name}-retried": [Reply(503), Reply(200)],
         f"{name}-failed": [Reply(400, body=b"bad")],
         f"{name}-exhausted": [Reply(503)] * 3,
-        f"{name}-reset": [Reply.reset()] * 3,
+        # garbage, not reset: a reset on a reused connection is resent at once (a reconnect), not an attempt
+        f"{name}-reset": [Reply.garbage()] * 3,
     }
     for key, replies in plans.items():
         server.plan(key, *replies)

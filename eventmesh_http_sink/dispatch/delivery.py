@@ -126,7 +126,7 @@ class DeliveryMixin:
             [u._item for u in units], batch.format, self.config.encoding.startswith("cloudevents")
         )
         headers = self._base_headers.copy()
-        headers["Content-Type"] = content_type
+        headers.setdefault("Content-Type", content_type)  # a configured Content-Type wins
         headers["Idempotency-Key"] = batch_key([u._rec.record_id for u in units])
         self._opts.batch_headers(headers)
         body = self._opts.compress(body, headers)

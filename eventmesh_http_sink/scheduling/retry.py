@@ -8,9 +8,11 @@ is due. Waits come from ``backoff.expo`` with ``backoff.full_jitter``; a
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import heapq
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -24,24 +26,40 @@ from eventmesh_http_sink.errors import HttpStatusError, SinkError
 __all__ = ["RetryPolicy", "RetryScheduler", "parse_retry_after"]
 
 T = TypeVar("T")
+_log = logging.getLogger("eventmesh_http_sink")
+_bad_retry_after_logged = False
 Waits = Generator[float, Any, None]
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds a ``Retry-After`` header asks for (delta-seconds or HTTP-date), or ``None``."""
+    """Seconds a ``Retry-After`` header asks for, or ``None``.
+
+    RFC 9110 allows delta-seconds (ASCII digits) or an HTTP date, nothing else:
+    anything else (``"²"``, ``"1.5"``, ``"soon"``) gives ``None``, so the computed
+    backoff applies; the first such value is logged at DEBUG.
+    """
+    global _bad_retry_after_logged  # noqa: PLW0603 - a log-once flag
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # RFC 9110 dates are GMT; a naive parse means GMT too
-        return None
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
+    if value.isascii():  # str.isdigit() alone accepts "²" and other non-ASCII digits
+        if value.isdigit():
+            return float(value)
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            when = None
+        if when is not None:
+            if when.tzinfo is None:  # the asctime form has no zone: HTTP dates are GMT
+                when = when.replace(tzinfo=datetime.UTC)
+            current = time.time() if now is None else now
+            return max(0.0, when.timestamp() - current)
+    if not _bad_retry_after_logged:
+        _bad_retry_after_logged = True
+        _log.debug(
+            "Retry-After %r is neither delta-seconds nor an HTTP date: using the computed backoff", value[:64]
+        )
+    return None
 
 
 class RetryPolicy:

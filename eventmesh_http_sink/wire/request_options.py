@@ -14,7 +14,6 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from eventmesh_http_sink.config import check_header
 from eventmesh_http_sink.dispatch.batching import batch_item
 from eventmesh_http_sink.errors import (
     BusinessError,
@@ -26,6 +25,7 @@ from eventmesh_http_sink.errors import (
 from eventmesh_http_sink.records import ConnectRecord
 from eventmesh_http_sink.scheduling.retry import parse_retry_after
 from eventmesh_http_sink.wire.encoding import cloudevent_structured, make_encoder
+from eventmesh_http_sink.wire.headers import check_header, merge_headers
 
 if TYPE_CHECKING:
     from eventmesh_http_sink.config import HttpSinkConfig
@@ -169,12 +169,11 @@ class RequestOptions:
             raise InvalidRecordError(rid, f"header_fn raised {type(exc).__name__}: {exc}") from exc
         if not isinstance(extra, Mapping):
             raise InvalidRecordError(rid, f"header_fn must return a mapping, got {type(extra).__name__}")
-        for name, value in extra.items():
-            try:
-                check_header(name, value, "header_fn")
-            except ConfigError as exc:
-                raise InvalidRecordError(rid, exc.message) from None
-            headers[name] = value
+        try:
+            # Refuses framing headers; a name given in any case replaces the library's value.
+            merge_headers(headers, extra, "header_fn")
+        except ConfigError as exc:
+            raise InvalidRecordError(rid, exc.message) from None
 
     def compress(self, body: bytes, headers: dict[str, str]) -> bytes:
         """Gzip ``body`` (setting ``Content-Encoding``) when it reaches ``compress_min_bytes``."""

@@ -2,31 +2,31 @@
 
 A transport turns ``(method, url, body, headers)`` into a :class:`Response`, or
 raises a :class:`SinkError` subclass whose ``__cause__`` is the library's own
-exception. It never retries and never follows redirects: retrying is the
+exception. It never retries (but see :class:`Urllib3Transport` on stale
+keep-alive connections) and never follows redirects: retrying is the
 connector's job (it must not park a worker), and a redirect could carry
 credentials to another host.
 
 :class:`Urllib3Transport` (the default) keeps one urllib3 connection pool per
-host and calls ``pool.urlopen`` directly with the request path precomputed, so
-no URL is parsed and no ``Retry`` object is built per request.
+host; urllib3 connects and does TLS, and the request and response go through
+:mod:`.http11` (llhttp), the same code for http and https.
 :class:`RequestsTransport` wraps a caller's ``requests.Session`` for those who
-need its auth, proxies or adapters.
+need its auth, proxies or adapters (``urlopen`` under it).
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
-import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import urllib3
 from urllib3 import exceptions as u3e
-from urllib3.connection import HTTPConnection
 from urllib3.util import parse_url
 
 from eventmesh_http_sink.errors import (
@@ -36,7 +36,10 @@ from eventmesh_http_sink.errors import (
     ResponseError,
     SinkError,
 )
-from eventmesh_http_sink.wire.fastpath import send_plain
+from eventmesh_http_sink.wire.body import DRAIN_LIMIT, decode, read_capped
+from eventmesh_http_sink.wire.headers import encode_request
+from eventmesh_http_sink.wire.http11 import NoResponse, exchange
+from eventmesh_http_sink.wire.pool_access import connect, give_back, take
 
 if TYPE_CHECKING:
     import requests
@@ -46,11 +49,6 @@ if TYPE_CHECKING:
 __all__ = ["RequestsTransport", "Response", "Transport", "Urllib3Transport"]
 
 _log = logging.getLogger("eventmesh_http_sink")
-
-_CHUNK = 64 * 1024
-# A body larger than this past ``max_response_bytes`` is not drained: the
-# connection is closed instead (an endless stream must not hold a worker).
-_DRAIN_LIMIT = 1024 * 1024
 
 
 @attrs.frozen(slots=True)
@@ -71,7 +69,11 @@ class Response:
 
 
 class Transport(Protocol):
-    """The minimal interface the connector needs to send one attempt."""
+    """The minimal interface the connector needs to send one attempt.
+
+    A transport may also have a ``reconnects`` attribute (an int, as
+    :class:`Urllib3Transport` does); ``stats().reconnects`` reports it.
+    """
 
     def send(self, method: str, url: str, body: bytes, headers: Mapping[str, str]) -> Response:
         """Make one attempt; raise a :class:`SinkError` subclass on failure."""
@@ -119,54 +121,20 @@ def _reason(exc: BaseException) -> str:
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
-def _read_capped(read: Any, url: str, keep: int, deadline: float | None) -> tuple[bytes, bool]:
-    """Read ``keep`` bytes, then drain up to ``_DRAIN_LIMIT``.
-
-    Returns the kept bytes and whether the body was read to its end (only then
-    may the connection be reused). Raises :class:`ReadTimeoutError` past the
-    attempt's deadline, so a server trickling bytes cannot hold a worker.
-    """
-    kept = bytearray()
-    drained = 0
-    while True:
-        chunk = read(_CHUNK)
-        if not chunk:
-            return bytes(kept), True
-        room = keep - len(kept)
-        if room > 0:
-            kept += chunk[:room]
-        drained += max(0, len(chunk) - max(room, 0))
-        if deadline is not None and time.monotonic() > deadline:
-            raise ReadTimeoutError(f"attempt_timeout exceeded reading the body from {url}", url=url)
-        if drained > _DRAIN_LIMIT:
-            return bytes(kept), False
-
-
-class _TrackedPoolMixin:
-    """Remembers every connection it makes, so :meth:`abort` can shut their sockets."""
-
-    _tracked: weakref.WeakSet[HTTPConnection]
-
-    def _new_conn(self) -> HTTPConnection:
-        conn: HTTPConnection = super()._new_conn()  # type: ignore[misc]
-        self._tracked.add(conn)
-        return conn
-
-
-class _HTTPPool(_TrackedPoolMixin, urllib3.HTTPConnectionPool):
-    pass
-
-
-class _HTTPSPool(_TrackedPoolMixin, urllib3.HTTPSConnectionPool):  # type: ignore[misc]
-    pass
-
-
 class Urllib3Transport:
-    """The default transport: one blocking urllib3 pool per host.
+    """The default transport: one blocking urllib3 pool per host, the exchange by llhttp.
 
     At most ``pool_maxsize`` connections are open to one host (the pool blocks
     for a free one), connections are kept alive and reused, and the configured
-    timeouts apply to every attempt.
+    timeouts apply to every attempt. urllib3 connects, does the TLS handshake
+    and verifies the certificate; the request is written in one ``sendall`` and
+    the response read by :func:`.http11.exchange`, the same code for http and
+    https.
+
+    A request that fails on a *reused* connection before any byte of a response
+    arrived (reset, EOF, broken pipe: the server closed the idle connection as
+    the request went out) is sent again at once on a fresh connection, once,
+    within the same attempt; :attr:`reconnects` counts these.
     """
 
     _insecure_warned = False
@@ -175,24 +143,28 @@ class Urllib3Transport:
         self._config = config
         self._keep = config.max_response_bytes
         self._attempt_timeout = config.attempt_timeout
-        self._timeout = urllib3.Timeout(
-            connect=config.connect_timeout, read=config.read_timeout, total=config.attempt_timeout
-        )
-        self._pools: dict[tuple[str, str, int], _HTTPPool | _HTTPSPool] = {}
-        # url -> (pool, path with query): resolved once, so a request parses nothing.
-        self._targets: dict[str, tuple[_HTTPPool | _HTTPSPool, str]] = {}
+        self._connect_timeout = config.connect_timeout
+        self._read_timeout = config.read_timeout
+        self._close = not config.keep_alive
+        self._pools: dict[tuple[str, str, int], urllib3.HTTPConnectionPool] = {}
+        # url -> (pool, path with query, Host header): resolved once, so a request parses nothing.
+        self._targets: dict[str, tuple[urllib3.HTTPConnectionPool, str, str]] = {}
         self._lock = threading.Lock()
-        # Plain-HTTP pools send through fastpath.send_plain (see there), unless a
-        # configured Host header must replace the computed one.
-        self._plain: dict[str, str] = {}  # url -> Host header, for http:// targets
-        self._fast = not any(name.lower() == "host" for name in config.headers)
+        # Connections out of their pool right now, for abort(); set add/discard are atomic.
+        self._busy: set[Any] = set()
+        self._reconnects = 0
         for url in config.urls:
             self._target(url)
         if not config.verify and not Urllib3Transport._insecure_warned:
             Urllib3Transport._insecure_warned = True
             _log.warning("TLS certificate verification is disabled (verify=False)")
 
-    def _target(self, url: str) -> tuple[_HTTPPool | _HTTPSPool, str]:
+    @property
+    def reconnects(self) -> int:
+        """Requests sent again on a fresh connection after a stale keep-alive one failed."""
+        return self._reconnects
+
+    def _target(self, url: str) -> tuple[urllib3.HTTPConnectionPool, str, str]:
         target = self._targets.get(url)
         if target is not None:
             return target
@@ -200,28 +172,27 @@ class Urllib3Transport:
         scheme = parsed.scheme or "http"
         host = parsed.host or ""
         port = parsed.port or (443 if scheme == "https" else 80)
+        default_port = port == (443 if scheme == "https" else 80)
         with self._lock:
             pool = self._pools.get((scheme, host, port))
             if pool is None:
                 pool = self._pools[(scheme, host, port)] = self._new_pool(scheme, host, port)
-            target = self._targets[url] = (pool, parsed.request_uri)
-            if scheme == "http" and self._fast:
-                self._plain[url] = host if port == 80 else f"{host}:{port}"
+            target = (pool, parsed.request_uri, host if default_port else f"{host}:{port}")
+            self._targets[url] = target
         return target
 
-    def _new_pool(self, scheme: str, host: str, port: int) -> _HTTPPool | _HTTPSPool:
+    def _new_pool(self, scheme: str, host: str, port: int) -> urllib3.HTTPConnectionPool:
         cfg = self._config
         kwargs: dict[str, Any] = {
             "maxsize": cfg.pool_maxsize,
             "block": True,
-            "timeout": self._timeout,
+            "timeout": urllib3.Timeout(connect=cfg.connect_timeout, read=cfg.read_timeout),
             "retries": False,
         }
-        pool: _HTTPPool | _HTTPSPool
         if scheme == "https":
             cert: Any = cfg.client_cert
             cert_file, key_file = (cert, None) if isinstance(cert, str) else (cert or (None, None))
-            pool = _HTTPSPool(
+            return urllib3.HTTPSConnectionPool(
                 host,
                 port,
                 cert_reqs="CERT_REQUIRED" if cfg.verify else "CERT_NONE",
@@ -231,64 +202,78 @@ class Urllib3Transport:
                 assert_hostname=None if cfg.verify else False,
                 **kwargs,
             )
-        else:
-            pool = _HTTPPool(host, port, **kwargs)
-        pool._tracked = weakref.WeakSet()
-        return pool
+        return urllib3.HTTPConnectionPool(host, port, **kwargs)
 
     def send(self, method: str, url: str, body: bytes, headers: Mapping[str, str]) -> Response:
         """Make one attempt. See :class:`Transport`."""
-        pool, path = self._targets.get(url) or self._target(url)
+        pool, path, host = self._targets.get(url) or self._target(url)
         deadline = None if self._attempt_timeout is None else time.monotonic() + self._attempt_timeout
-        host_header = self._plain.get(url)
-        if host_header is not None:
-            cfg = self._config
-            try:
-                status, reason, rheaders, data = send_plain(
-                    pool,
-                    host_header,
-                    method,
-                    path,
-                    url,
-                    body,
-                    headers,
-                    connect_timeout=cfg.connect_timeout,
-                    read_timeout=cfg.read_timeout,
-                    deadline=deadline,
-                    keep=self._keep,
-                    drain_limit=_DRAIN_LIMIT,
-                )
-            except SinkError:
-                raise
-            except Exception as exc:
-                raise map_urllib3_error(exc, url) from exc
-            return Response(status, reason, rheaders, data)
+        request, close = encode_request(method, path, host, headers, body, close=self._close)
         try:
-            resp = pool.urlopen(
-                method,
-                path,
-                body=body,
-                headers=headers,
-                retries=False,
-                redirect=False,
-                assert_same_host=False,
-                preload_content=False,
-                release_conn=False,
-            )
+            conn = take(pool)
         except Exception as exc:
             raise map_urllib3_error(exc, url) from exc
+        busy = self._busy
+        busy.add(conn)
         reusable = False
         try:
-            data, reusable = _read_capped(resp.read1, url, self._keep, deadline)
-            return Response(resp.status, resp.reason or "", resp.headers, data)
+            reused = conn.sock is not None
+            if not reused:
+                self._connect(conn, url, deadline)
+            try:
+                result = self._exchange(conn, method, url, request, deadline)
+            except NoResponse as exc:
+                if not reused:
+                    raise ResponseError(f"unreadable response from {url}: {exc}", url=url) from exc.__cause__
+                # The stale keep-alive race: the server cannot have answered, so
+                # the request goes again on a fresh connection, once.
+                conn.close()
+                with self._lock:
+                    self._reconnects += 1
+                self._connect(conn, url, deadline)
+                try:
+                    result = self._exchange(conn, method, url, request, deadline)
+                except NoResponse as again:
+                    raise ResponseError(
+                        f"unreadable response from {url}: {again}", url=url
+                    ) from again.__cause__
+            reusable = result.reusable and not close
+            data = result.body
+            if result.encoding is not None:
+                data = decode(data, result.encoding, url, self._keep)
+            return Response(result.status, result.reason, result.headers, data)
         except SinkError:
             raise
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            raise map_urllib3_error(u3e.SSLError(exc), url) from exc  # as urlopen wraps them
         except Exception as exc:
             raise map_urllib3_error(exc, url) from exc
         finally:
+            busy.discard(conn)
             if not reusable:
-                resp.close()  # never hand a half-read connection to the next request
-            resp.release_conn()
+                conn.close()  # a half-read, closing or upgraded connection serves no one else
+            give_back(pool, conn)
+
+    def _connect(self, conn: Any, url: str, deadline: float | None) -> None:
+        timeout = self._connect_timeout
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ConnectTimeoutError(f"attempt_timeout exceeded before connecting to {url}", url=url)
+            timeout = min(timeout, left)
+        connect(conn, timeout, url)
+
+    def _exchange(self, conn: Any, method: str, url: str, request: bytes, deadline: float | None) -> Any:
+        return exchange(
+            conn.sock,
+            request,
+            url=url,
+            head_only=method == "HEAD",
+            keep=self._keep,
+            drain_limit=DRAIN_LIMIT,
+            read_timeout=self._read_timeout,
+            deadline=deadline,
+        )
 
     def close(self) -> None:
         """Close idle connections of every pool."""
@@ -296,15 +281,14 @@ class Urllib3Transport:
             pool.close()
 
     def abort(self) -> None:
-        """Shut every open socket (unblocking in-flight reads), then close the pools."""
-        for pool in list(self._pools.values()):
-            for conn in list(pool._tracked):
-                sock = getattr(conn, "sock", None)
-                if sock is not None:
-                    try:
-                        sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass  # already closed: nothing to unblock
+        """Shut every socket in use (unblocking in-flight reads), then close the pools."""
+        for conn in list(self._busy):  # the copy runs in C under the GIL: no concurrent change
+            sock = getattr(conn, "sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already closed: nothing to unblock
         self.close()
 
 
@@ -343,9 +327,7 @@ class RequestsTransport:
         except requests.RequestException as exc:
             raise _map_requests_error(exc, url) from exc
         try:
-            data, _ = _read_capped(
-                lambda n: resp.raw.read1(n, decode_content=True), url, self._keep, deadline
-            )
+            data, _ = read_capped(lambda n: resp.raw.read1(n, decode_content=True), url, self._keep, deadline)
             return Response(resp.status_code, resp.reason or "", resp.headers, data)
         except SinkError:
             raise

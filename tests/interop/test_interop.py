@@ -156,16 +156,6 @@ def check_connections(receiver: Receiver, logged: list[Logged]) -> None:
         assert len(per_conn) <= POOL, f"{len(per_conn)} connections for pool_maxsize={POOL}: {per_conn}"
 
 
-def fast_path_defect(request: pytest.FixtureRequest, receiver: Receiver, reason: str) -> None:
-    """Expect this case to fail on plain http, where main's hand-written fast path serves it.
-
-    ``strict=False``: once the wire branch (issue 11) lands the case passes (XPASS)
-    and the marker should go.
-    """
-    if receiver.tls_ca is None:
-        request.applymarker(pytest.mark.xfail(reason=f"issue 11 {reason}", strict=False))
-
-
 def probe(receiver: Receiver, path: str, **kwargs: Any) -> urllib3.BaseHTTPResponse:
     """One request with urllib3 alone: shows what the server itself sends (the fixture's proof)."""
     with urllib3.PoolManager(ca_certs=receiver.client_options().get("ca_certs")) as pool:
@@ -202,11 +192,6 @@ def test_idle_close(receiver: Receiver) -> None:
         assert len(burst_conns) <= (8 if receiver.closes_every_response else POOL)
 
 
-@pytest.mark.xfail(
-    reason="issue 11: no reconnect on main: a send landing inside the server's close is retried "
-    "(racy: not seen in ~40 runs over the five servers, but possible)",
-    strict=False,
-)
 def test_idle_race(receiver: Receiver) -> None:
     """Bursts separated by idles around the server's idle close (0.9-1.1x): no failure, no retry.
 
@@ -285,10 +270,8 @@ def test_reject_before_body(receiver: Receiver) -> None:
 
 
 @pytest.mark.parametrize("size", BIG_SIZES, ids=lambda s: f"{s // 1024}KiB")
-def test_large_body(request: pytest.FixtureRequest, receiver: Receiver, size: int) -> None:
+def test_large_body(receiver: Receiver, size: int) -> None:
     """A body far above ``max_response_bytes``: the result keeps exactly its first bytes."""
-    if size > 1024 * 1024 + 4096:
-        fast_path_defect(request, receiver, "defect 10: past the 1 MiB drain limit the body is b''")
     keep = 4096
     run = deliver(receiver, f"/big?size={size}", n=6, max_response_bytes=keep)
     check(receiver, run)
@@ -296,10 +279,8 @@ def test_large_body(request: pytest.FixtureRequest, receiver: Receiver, size: in
 
 
 @pytest.mark.parametrize("where", ["headers", "header_fn"])
-def test_host_override(request: pytest.FixtureRequest, receiver: Receiver, where: str) -> None:
+def test_host_override(receiver: Receiver, where: str) -> None:
     """A configured or per-record ``Host`` replaces the library's own: one Host header, the user's."""
-    if where == "header_fn":
-        fast_path_defect(request, receiver, "defect 13: a header_fn Host is sent after the library's own")
     fixed = {"Host": HOST}
     options: dict[str, Any] = {"headers": fixed} if where == "headers" else {"header_fn": lambda _r: fixed}
     run = deliver(receiver, "/ok", n=8, **options)
@@ -308,11 +289,10 @@ def test_host_override(request: pytest.FixtureRequest, receiver: Receiver, where
     assert {e.hosts for e in logged} == {(HOST,)}
 
 
-def test_accept_encoding(request: pytest.FixtureRequest, receiver: Receiver) -> None:
+def test_accept_encoding(receiver: Receiver) -> None:
     """A user's ``Accept-Encoding: gzip`` replaces ``identity``; the result holds the decoded body."""
     if not receiver.compresses:
         pytest.skip(f"{receiver.name} does not compress answers itself")
-    fast_path_defect(request, receiver, "defect 14: Accept-Encoding goes out twice (identity first)")
     assert probe(receiver, "/gzip", headers={"Accept-Encoding": "gzip"}).headers["Content-Encoding"] == "gzip"
     run = deliver(receiver, "/gzip", n=8, headers={"Accept-Encoding": "gzip"})
     logged = check(receiver, run)

@@ -1,0 +1,96 @@
+"""Request framing belongs to the library: each header name once, user values replace defaults."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from eventmesh_http_sink import (
+    ConfigError,
+    ConnectRecord,
+    HttpSinkConfig,
+    HttpSinkConnector,
+    InvalidRecordError,
+    SinkError,
+)
+from eventmesh_http_sink.wire.headers import USER_AGENT, encode_request
+from tests.wire_servers import Request, ScriptServer
+
+
+@pytest.fixture
+def raw() -> Iterator[ScriptServer]:
+    with ScriptServer() as srv:
+        yield srv
+
+
+def _one_request(raw: ScriptServer, **config: object) -> Request:
+    with HttpSinkConnector(HttpSinkConfig(raw.url, **config)) as sink:  # type: ignore[arg-type]
+        assert sink.put(ConnectRecord({"a": 1})).result(timeout=10).status == 200
+    (request,) = raw.requests
+    names = request.names()
+    assert len(names) == len(set(names)), f"a header name went out twice: {names}"
+    return request
+
+
+def test_defaults_go_out_once(raw: ScriptServer) -> None:
+    request = _one_request(raw)
+    assert request.header("User-Agent") == [USER_AGENT.encode()]
+    assert request.header("Accept-Encoding") == [b"identity"]
+    assert request.header("Content-Type") == [b"application/json"]
+    assert request.header("Host") == [f"127.0.0.1:{raw.port}".encode()]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("user-agent", "mine/1"),
+        ("CONTENT-TYPE", "application/vnd.mine+json"),
+        ("Accept-encoding", "gzip"),
+        ("HOST", "hooks.example"),
+    ],
+)
+def test_a_configured_header_replaces_the_default(raw: ScriptServer, name: str, value: str) -> None:
+    request = _one_request(raw, headers={name: value})
+    assert request.header(name) == [value.encode()]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("user-agent", "fn/1"), ("content-type", "text/plain"), ("Host", "fn.example"), ("X-Static", "from-fn")],
+)
+def test_a_header_fn_value_replaces_defaults_and_configured_headers(
+    raw: ScriptServer, name: str, value: str
+) -> None:
+    request = _one_request(raw, headers={"x-static": "configured"}, header_fn=lambda record: {name: value})
+    assert request.header(name) == [value.encode()]
+
+
+def test_header_names_are_case_insensitive_in_config() -> None:
+    with pytest.raises(ConfigError, match="headers: header 'x-a' is given twice"):
+        HttpSinkConfig("http://h/", headers={"X-A": "1", "x-a": "2"})
+
+
+def test_header_fn_giving_a_name_twice_is_refused_naming_the_record(raw: ScriptServer) -> None:
+    with HttpSinkConnector(HttpSinkConfig(raw.url, header_fn=lambda r: {"X-A": "1", "x-A": "2"})) as sink:
+        record = ConnectRecord("x")
+        with pytest.raises(InvalidRecordError, match=f"record '{record.record_id}'.*given twice"):
+            sink.put(record)
+
+
+def test_keep_alive_off_sends_one_connection_close(raw: ScriptServer) -> None:
+    request = _one_request(raw, keep_alive=False)
+    assert request.header("Connection") == [b"close"]
+
+
+def test_encode_request_refuses_framing_headers_from_a_direct_caller() -> None:
+    with pytest.raises(SinkError, match="Transfer-Encoding"):
+        encode_request("POST", "/", "h", {"Transfer-Encoding": "chunked"}, b"x", close=False)
+    data, close = encode_request(
+        "POST", "/", "h", {"host": "other", "Connection": "close"}, b"x", close=False
+    )
+    assert close
+    assert data == (
+        b"POST / HTTP/1.1\r\nAccept-Encoding: identity\r\nhost: other\r\n"
+        b"Connection: close\r\nContent-Length: 1\r\n\r\nx"
+    )
