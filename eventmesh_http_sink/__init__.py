@@ -8,7 +8,8 @@ one outcome.
 """
 
 from .config import HttpSinkConfig, RetryConfig
-from .connector import HttpSinkConnector, SinkStats
+from .connector import HttpSinkConnector
+from .stats import SinkStats
 from .dispatch.batching import BatchConfig
 from .errors import (
     BatchRecordError,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from eventmesh_http_sink import ConnectRecord
 from eventmesh_http_sink.dispatch.concurrency import ConcurrencyLimit
@@ -50,7 +51,12 @@ def test_slow_endpoint_gets_more_than_the_initial_two_connections(
     # The limit started at 2 and grew because latency stayed flat.
     assert server.connections > 2
     assert server.connections <= 8
-    assert sink._rt.workers == 0  # every loop exited once the queue was empty
+    dispatcher = sink._process.current().dispatcher
+    for _ in range(200):  # the last loop exits just after its record resolved
+        if dispatcher.workers == 0:
+            break
+        time.sleep(0.01)
+    assert dispatcher.workers == 0  # every loop exited once the queue was empty
 
 
 def test_in_flight_counts_records_on_the_wire(server, connector_factory, recorder) -> None:
@@ -93,4 +99,4 @@ def test_fast_failures_do_not_teach_the_limit_a_latency(connector_factory, recor
     assert sink.flush(10)
     recorder.assert_exactly_once([r.record_id for r in records])
     assert len(recorder.failures) == 30
-    assert sink._rt.limit._min == math.inf  # refused connections were not observed
+    assert sink._process.current().dispatcher.limit._min == math.inf  # refused connections were not observed

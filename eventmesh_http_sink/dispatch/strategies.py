@@ -2,7 +2,7 @@
 
 A strategy answers :meth:`choose` before each attempt and hears the attempt's
 outcome in :meth:`report`. Broadcast pins one copy of the record to each URL
-(``unit._pin``) and :class:`BroadcastJoin` turns the copies' outcomes into the
+(``unit.pin``) and :class:`BroadcastJoin` turns the copies' outcomes into the
 record's single outcome.
 """
 
@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import threading
 import time
-import typing
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any, Protocol
 
 from eventmesh_http_sink.errors import BroadcastError, SinkClosedError, SinkError
+from eventmesh_http_sink.redact import redact_url
 from eventmesh_http_sink.results import SendResult
 
 __all__ = ["BroadcastJoin", "Failover", "RoundRobin", "Strategy", "make_strategy"]
@@ -25,7 +24,7 @@ class Strategy(Protocol):
     """Chooses the URL of each attempt."""
 
     def choose(self, unit: Any, next_index: Callable[[], int]) -> str:
-        """The URL of ``unit``'s next attempt (``unit._pin`` wins when set)."""
+        """The URL of ``unit``'s next attempt (``unit.pin`` wins when set)."""
 
     def report(self, unit: Any, url: str, error: SinkError | None, retryable: bool) -> None:
         """Hear how the attempt on ``url`` went (``error`` is ``None`` on success)."""
@@ -40,7 +39,7 @@ class RoundRobin:
 
     def choose(self, unit: Any, next_index: Callable[[], int]) -> str:
         """See :class:`Strategy`."""
-        pin: str | None = unit._pin
+        pin: str | None = unit.pin
         if pin is not None:
             return pin
         return self._urls[0] if self._n == 1 else self._urls[next_index() % self._n]
@@ -68,11 +67,11 @@ class Failover:
 
     def choose(self, unit: Any, next_index: Callable[[], int]) -> str:
         """See :class:`Strategy`."""
-        pin: str | None = unit._pin
+        pin: str | None = unit.pin
         if pin is not None:
             return pin
         n = len(self._urls)
-        start: int = unit._hop
+        start: int = unit.hop
         now = time.monotonic()
         until = self._until
         for i in range(n):
@@ -96,7 +95,7 @@ class Failover:
             if self._fails[idx] >= self._threshold:
                 self._fails[idx] = 0
                 self._until[idx] = time.monotonic() + self._cooldown
-        unit._hop = idx + 1
+        unit.hop = idx + 1
 
 
 def make_strategy(urls: tuple[str, ...], name: str, threshold: int, cooldown: float) -> Strategy:
@@ -110,9 +109,9 @@ class BroadcastJoin:
     """Collects one record's per-URL outcomes; resolves the record after the last.
 
     Args:
-        parent: The record's Future.
+        parent: The record's unit.
         urls: The URLs it is sent to.
-        resolve: ``resolve(parent, outcome)``, the connector's once-only resolver.
+        resolve: ``resolve(parent, outcome)``, the once-only resolver.
     """
 
     def __init__(
@@ -127,45 +126,43 @@ class BroadcastJoin:
         self._errors: dict[str, SinkError] = {}
         self._attempts = 0
 
-    def child_done(self, child: Future[SendResult]) -> None:
-        """The done-callback of each per-URL copy."""
-        url: str = child._pin  # type: ignore[attr-defined]
-        error = child.exception()
+    def child_done(self, child: Any, outcome: SendResult | SinkError) -> None:
+        """Called once per per-URL copy with that copy's outcome."""
+        url: str = child.pin
         with self._lock:
-            self._attempts = max(self._attempts, child._attempts)  # type: ignore[attr-defined]
-            if error is None:
-                self._status[url] = child.result().status
+            self._attempts = max(self._attempts, child.attempts)
+            if isinstance(outcome, SendResult):
+                self._status[url] = outcome.status
             else:
-                err = typing.cast(SinkError, error)
-                self._status[url] = err.status
-                self._errors[url] = err
+                self._status[url] = outcome.status
+                self._errors[url] = outcome
             self._left -= 1
             if self._left:
                 return
         parent = self._parent
-        parent._attempts = self._attempts
+        parent.attempts = self._attempts
         per_url = {url: self._status.get(url) for url in self._urls}
-        outcome: SendResult | SinkError
+        result: SendResult | SinkError
         closed = [e for e in self._errors.values() if isinstance(e, SinkClosedError)]
         if closed:
             # close() cancelled a copy: the record was cancelled, whatever the other URLs did.
-            outcome = SinkClosedError(
-                f"connector closed before record {parent._rec.record_id} reached every URL "
-                f"(per URL: {per_url})"
+            result = SinkClosedError(
+                f"connector closed before record {parent.record.record_id} reached every URL "
+                f"(per URL: { {redact_url(u): s for u, s in per_url.items()} })"
             )
-            outcome.__cause__ = closed[0]
+            result.__cause__ = closed[0]
         elif self._errors:
-            outcome = BroadcastError({u: self._errors[u] for u in self._urls if u in self._errors}, per_url)
+            result = BroadcastError({u: self._errors[u] for u in self._urls if u in self._errors}, per_url)
         else:
-            rec = parent._rec
-            outcome = SendResult(
+            rec = parent.record
+            result = SendResult(
                 rec.record_id,
                 rec.topic,
                 None,
                 max(s or 0 for s in per_url.values()),
                 self._attempts,
-                time.monotonic() - parent._t0,
+                time.monotonic() - parent.t0,
                 b"",
                 {u: s or 0 for u, s in per_url.items()},
             )
-        self._resolve(parent, outcome)
+        self._resolve(parent, result)

@@ -4,9 +4,10 @@ The connector calls three narrow hooks, and this module fans them out to
 the features the config turned on, so the connector itself knows none of them:
 
 * :meth:`Hooks.gate` before an attempt: the rate limit, then the URL's
-  circuit breaker. A record that must wait goes to a timer (its own
-  :class:`RetryScheduler`), never sleeping on a worker; it stays pending, so
-  it counts against ``max_pending``.
+  circuit breaker. A record that must wait is told how long; the dispatcher
+  puts it on a timer, never sleeping on a worker; it stays pending, so it
+  counts against ``max_pending``. No wait outlasts ``RetryConfig.max_elapsed``:
+  a record that would still wait then fails, so ``flush``/``close`` never hang.
 * :meth:`Hooks.after_attempt` after every attempt: the result store and the
   circuit breaker.
 * :meth:`Hooks.on_failure` once per record whose final outcome is a failure,
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from eventmesh_http_sink.config import HttpSinkConfig
@@ -28,7 +28,6 @@ from eventmesh_http_sink.outcomes.result_store import ResultStore
 from eventmesh_http_sink.records import ConnectRecord
 from eventmesh_http_sink.scheduling.breaker import CircuitBreaker
 from eventmesh_http_sink.scheduling.ratelimit import TokenBucket
-from eventmesh_http_sink.scheduling.retry import RetryScheduler
 from eventmesh_http_sink.wire.transport import Response
 
 __all__ = ["Hooks"]
@@ -40,12 +39,9 @@ class Hooks:
     Args:
         config: The connector's config.
         store: The connector's result store (it outlives runtimes, so ``export`` works after close).
-        resubmit: Hands a record back to the executor when its wait is over.
     """
 
-    def __init__(
-        self, config: HttpSinkConfig, store: ResultStore | None, resubmit: Callable[[Any], None]
-    ) -> None:
+    def __init__(self, config: HttpSinkConfig, store: ResultStore | None) -> None:
         self.store = store
         self.bucket = None if config.rate_limit is None else TokenBucket(config.rate_limit)
         self.breaker = None if config.circuit_breaker is None else CircuitBreaker(config.circuit_breaker)
@@ -59,36 +55,43 @@ class Hooks:
         self._lock = threading.Lock()
         self._reserved: set[Any] = set()  # records holding a rate-limit token they waited for
         self.rate_waits = 0
-        self.scheduler: RetryScheduler[Any] = RetryScheduler(resubmit, name="eventmesh-http-sink-gate")
         self.server: ExportServer | None = None
         rs = config.result_store
         if store is not None and rs is not None and rs.serve_port is not None:
             self.server = ExportServer(store, rs)
 
-    def gate(self, future: Any, url: str, urls: tuple[str, ...]) -> str | SinkError | None:
+    def gate(self, future: Any, url: str, urls: tuple[str, ...]) -> str | SinkError | float:
         """Before an attempt to ``url`` (chosen from ``urls``).
 
         Returns:
             The URL to send to now (``url``, or the next one whose circuit is not
-            open); ``None`` when the record was queued to wait; or the error to
-            fail it with.
+            open); a float: the seconds the record must wait on a timer before
+            asking again; or the error to fail it with.
         """
         if self.bucket is not None:
             with self._lock:
                 holding = future in self._reserved
                 self._reserved.discard(future)
             if not holding:
-                wait = self.bucket.reserve()
+                budget = self.max_elapsed - (time.monotonic() - future.t0)
+                wait = self.bucket.reserve(max_wait=budget)
+                if wait is None:
+                    # The retry budget bounds a rate-limit wait too, so close() cannot hang on it.
+                    return SinkError(
+                        f"rate limit: no token for record {future.record.record_id} within the retry"
+                        f" budget (max_elapsed={self.max_elapsed}s)",
+                        url=url,
+                    )
                 if wait > 0:
                     with self._lock:
                         self._reserved.add(future)
                         self.rate_waits += 1
-                    return self._wait(wait, future)
+                    return wait
         if self.breaker is None:
             return url
         return self._circuit_gate(future, url, urls)
 
-    def _circuit_gate(self, future: Any, url: str, urls: tuple[str, ...]) -> str | SinkError | None:
+    def _circuit_gate(self, future: Any, url: str, urls: tuple[str, ...]) -> str | SinkError | float:
         assert self.breaker is not None  # noqa: S101 - only called with a breaker
         verdict = self.breaker.before(url)
         if verdict is None:
@@ -99,13 +102,13 @@ class Hooks:
         if isinstance(verdict, CircuitOpenError):
             return verdict
         # The retry budget bounds waiting on a circuit too, so close() cannot hang on it.
-        if time.monotonic() + verdict - future._t0 >= self.max_elapsed:
+        if time.monotonic() + verdict - future.t0 >= self.max_elapsed:
             return CircuitOpenError(
                 f"circuit for {url} still open at the end of the retry budget"
                 f" (max_elapsed={self.max_elapsed}s)",
                 url=url,
             )
-        return self._wait(verdict, future)
+        return verdict
 
     def _other_url(self, url: str, urls: tuple[str, ...]) -> str | None:
         # Round the open circuit: the next URL (in order) that takes requests.
@@ -115,11 +118,6 @@ class Hooks:
             if self.breaker.before(other, count=False) is None:
                 return other
         return None
-
-    def _wait(self, delay: float, future: Any) -> SinkError | None:
-        if self.scheduler.schedule(delay, future):
-            return None
-        return SinkClosedError("the connector closed while the record waited to be sent")
 
     def after_attempt(
         self,
@@ -157,13 +155,13 @@ class Hooks:
         writer = self.dead_letter
         if writer is None or (isinstance(error, SinkClosedError) and not self.dead_letter_on_close):
             return
-        if future._pin is not None:
+        if future.join is not None:
             return  # a broadcast copy: the record's own outcome is written once, by its join
-        writer.write(lambda: dead_letter_entry(future._rec, error, future._attempts), future._rec.record_id)
+        writer.write(lambda: dead_letter_entry(future.record, error, future.attempts), future.record.record_id)
 
     def stats(self) -> dict[str, int]:
         """The features' counters, as extra :class:`SinkStats` fields."""
-        out = {"waiting": len(self.scheduler), "rate_limit_waits": self.rate_waits}
+        out = {"rate_limit_waits": self.rate_waits}
         if self.breaker is not None:
             out["circuits_open"] = self.breaker.open_count()
             out["circuit_opened"] = self.breaker.opened
@@ -176,7 +174,6 @@ class Hooks:
 
     def close(self) -> None:
         """Stop the export server and fsync the dead-letter file."""
-        self.scheduler.stop()
         with self._lock:
             self._reserved.clear()  # close() resolved the records still holding tokens
         if self.server is not None:

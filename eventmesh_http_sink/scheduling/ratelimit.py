@@ -10,6 +10,7 @@ drains at the configured rate without piling onto the bucket together.
 from __future__ import annotations
 
 import threading
+import typing
 import time
 from collections.abc import Callable
 
@@ -35,11 +36,25 @@ class TokenBucket:
         self._last = clock()
         self._lock = threading.Lock()
 
-    def reserve(self) -> float:
-        """Take one token; return the seconds to wait before it may be used (0 when available)."""
+    @typing.overload
+    def reserve(self) -> float: ...
+    @typing.overload
+    def reserve(self, max_wait: float) -> float | None: ...
+
+    def reserve(self, max_wait: float | None = None) -> float | None:
+        """Take one token; return the seconds to wait before it may be used (0 when available).
+
+        Args:
+            max_wait: When the token would take longer than this, take nothing and
+                return ``None`` (a record whose retry budget ends first must not
+                push every later reservation back).
+        """
         with self._lock:
             now = self._clock()
             self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
             self._last = now
+            wait = 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self.rate
+            if max_wait is not None and wait > max_wait:
+                return None
             self._tokens -= 1.0  # may go negative: later callers queue behind this reservation
-            return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+            return wait

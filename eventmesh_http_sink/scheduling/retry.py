@@ -164,4 +164,7 @@ class RetryScheduler(Generic[T]):
                     return
                 _, _, item = heapq.heappop(self._heap)
             # Outside the lock: resubmitting may block briefly on the executor.
-            self._resubmit(item)
+            try:
+                self._resubmit(item)
+            except BaseException:  # the timer thread serves every waiting record: it must go on
+                _log.exception("handing a waiting record back failed; the timer goes on")

@@ -153,6 +153,7 @@ class Urllib3Transport:
         # Connections out of their pool right now, for abort(); set add/discard are atomic.
         self._busy: set[Any] = set()
         self._reconnects = 0
+        self._aborted = False  # abort() was called: no request is written any more
         for url in config.urls:
             self._target(url)
         if not config.verify and not Urllib3Transport._insecure_warned:
@@ -220,6 +221,8 @@ class Urllib3Transport:
             reused = conn.sock is not None
             if not reused:
                 self._connect(conn, url, deadline)
+            if self._aborted:  # after busy.add and the connect: abort() shut or will shut this socket
+                raise ResponseError(f"the connector closed before the request to {url} was sent", url=url)
             try:
                 result = self._exchange(conn, method, url, request, deadline)
             except NoResponse as exc:
@@ -231,6 +234,8 @@ class Urllib3Transport:
                 with self._lock:
                     self._reconnects += 1
                 self._connect(conn, url, deadline)
+                if self._aborted:
+                    raise ResponseError(f"the connector closed before the request to {url} was resent", url=url)
                 try:
                     result = self._exchange(conn, method, url, request, deadline)
                 except NoResponse as again:
@@ -281,7 +286,12 @@ class Urllib3Transport:
             pool.close()
 
     def abort(self) -> None:
-        """Shut every socket in use (unblocking in-flight reads), then close the pools."""
+        """Shut every socket in use (unblocking in-flight reads), then close the pools.
+
+        No request is written after it: ``send`` checks the flag after its
+        connection is in ``_busy`` (so this loop shuts it if the check came first).
+        """
+        self._aborted = True
         for conn in list(self._busy):  # the copy runs in C under the GIL: no concurrent change
             sock = getattr(conn, "sock", None)
             if sock is not None:

@@ -1,0 +1,248 @@
+"""The one place that decides each record's outcome, and the ledger it keeps.
+
+:meth:`Resolver.resolve` claims the unit under the lock first (it leaves the
+``live`` set), so a worker finishing late and ``close`` cancelling at its
+deadline can never both report an outcome: a second outcome is impossible by
+construction. Then, outside the lock and in this order:
+
+1. the metrics, the failure log and the dead letter (written before the callback);
+2. the record's callback, in the ``contextvars`` context of its ``put`` call; it
+   is user code, so anything it raises (``SystemExit`` included, as the stdlib's
+   ``_WorkItem.run`` guards) is logged and counted, never propagated;
+3. the record's Future: when ``future.result()`` returns, the callback has returned;
+4. the counters, in a ``finally``, so the ``max_pending`` slot is always given back.
+
+The ledger (``pending``, ``submitted``...) lives here because it changes with the
+outcomes: ``submitted == succeeded + failed + pending`` under one lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from eventmesh_http_sink.dispatch.unit import running_callback_of
+from eventmesh_http_sink.errors import QueueFullError, SinkClosedError, SinkError
+from eventmesh_http_sink.redact import redact_text
+from eventmesh_http_sink.results import SendExceptionContext, SendResult
+
+if TYPE_CHECKING:
+    from eventmesh_http_sink.dispatch.unit import Unit
+    from eventmesh_http_sink.metrics import Metrics
+    from eventmesh_http_sink.outcomes.failure_log import FailureLog
+    from eventmesh_http_sink.outcomes.hooks import Hooks
+
+__all__ = ["Resolver", "closed_error", "unexpected_error"]
+
+_log = logging.getLogger("eventmesh_http_sink")
+
+Outcome = SendResult | SinkError
+
+
+def closed_error(unit: Unit, cause: BaseException | None = None) -> SinkClosedError:
+    """The :class:`SinkClosedError` of a record cancelled by ``close``."""
+    attempts = unit.attempts
+    detail = "before its first attempt" if attempts == 0 else f"after {attempts} attempt(s); outcome unknown"
+    err = SinkClosedError(
+        f"connector closed before record {unit.record.record_id} finished ({detail})", url=unit.url
+    )
+    err.__cause__ = cause
+    return err
+
+
+def unexpected_error(unit: Unit, exc: BaseException | None) -> SinkError:
+    """The outcome of a record whose attempt raised something no one expected (a bug, user code)."""
+    what = "nothing" if exc is None else f"{type(exc).__name__}: {redact_text(str(exc))}"
+    err = SinkError(f"unexpected {what} while sending record {unit.record.record_id}", url=unit.url)
+    err.__cause__ = exc
+    return err
+
+
+class Resolver:
+    """Claims each record once, runs its callback, then resolves its Future; keeps the counters.
+
+    Args:
+        hooks: The optional features (the dead letter is written here).
+        metrics: Per-URL counts and latency.
+        failures: The summarising failure log.
+    """
+
+    def __init__(self, hooks: Hooks, metrics: Metrics, failures: FailureLog) -> None:
+        self._hooks = hooks
+        self._metrics = metrics
+        self._failures = failures
+        self.lock = threading.Lock()
+        self._not_full = threading.Condition(self.lock)
+        self._idle = threading.Condition(self.lock)
+        self._live: set[Unit] = set()  # accepted and not yet claimed (broadcast copies too)
+        self.pending = 0  # accepted and not finished (callback included)
+        self.submitted = self.succeeded = self.failed = self.retried = self.callback_errors = 0
+
+    # -- intake ----------------------------------------------------------------------------
+
+    def admit(
+        self,
+        unit: Unit,
+        max_pending: int,
+        wait: float | None,
+        closed: Callable[[], bool],
+    ) -> None:
+        """Take a ``max_pending`` slot for a new record, waiting up to ``wait`` seconds for one.
+
+        Args:
+            unit: The record's unit.
+            max_pending: The bound.
+            wait: ``0`` to raise at once when full (``when_full="raise"``), ``None``
+                to wait as long as it takes, else seconds.
+            closed: Whether the connector is closed (checked under the lock).
+
+        Raises:
+            QueueFullError: no slot within ``wait``.
+            SinkClosedError: the connector closed.
+        """
+        rid = unit.record.record_id
+        with self.lock:
+            if self.pending >= max_pending:
+                if wait == 0:
+                    raise QueueFullError(f"record {rid} refused: max_pending ({max_pending}) records are pending")
+                deadline = None if wait is None else time.monotonic() + wait
+                while self.pending >= max_pending and not closed():
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise QueueFullError(
+                            f"record {rid} refused: max_pending ({max_pending}) records still pending"
+                            f" after put_timeout ({wait}s)"
+                        )
+                    self._not_full.wait(remaining)
+            if closed():
+                raise SinkClosedError(f"the connector is closed: record {rid} was not accepted")
+            self.pending += 1
+            self.submitted += 1
+            self._live.add(unit)
+
+    def track(self, units: list[Unit]) -> None:
+        """Add broadcast copies to the live set (their record already holds the slot)."""
+        with self.lock:
+            self._live.update(units)
+
+    def wake_blocked(self) -> None:
+        """Wake ``put`` calls blocked on a full queue (they re-check ``closed``)."""
+        with self.lock:
+            self._not_full.notify_all()
+
+    # -- outcomes --------------------------------------------------------------------------
+
+    def note_retry(self, url: str | None, error: SinkError) -> None:
+        """Count a retry that was put on the timer."""
+        with self.lock:
+            self.retried += 1
+        self._metrics.retry(url, error)
+
+    def is_live(self, unit: Unit) -> bool:
+        """Whether ``unit`` still waits for its outcome (a lock-free read: set lookup is atomic)."""
+        return unit in self._live
+
+    def resolve(self, unit: Unit, outcome: Outcome) -> bool:
+        """Report ``unit``'s outcome once; later calls for the same unit do nothing."""
+        with self.lock:
+            if unit not in self._live:
+                return False
+            self._live.remove(unit)
+        self.finish(unit, outcome)
+        return True
+
+    def claim_all(self) -> list[Unit]:
+        """Claim every live record at ``close``'s deadline; :meth:`finish` each of them.
+
+        Broadcast copies are dropped: their record is claimed with them.
+        """
+        with self.lock:
+            units = list(self._live)
+            self._live.clear()
+        return [unit for unit in units if unit.join is None]
+
+    def finish(self, unit: Unit, outcome: Outcome) -> None:
+        """Report the outcome of a unit claimed by :meth:`resolve` or :meth:`claim_all`."""
+        if unit.join is not None:  # a broadcast copy: its record resolves when the last copy is in
+            try:
+                self._metrics.outcome(
+                    unit.url, time.monotonic() - unit.t0, None if isinstance(outcome, SendResult) else outcome, True
+                )
+            finally:
+                unit.join.child_done(unit, outcome)
+            return
+        callback_failed = False
+        try:
+            try:
+                self._account(unit, outcome)
+            finally:
+                callback_failed = self._run_callback(unit, outcome)
+        finally:
+            self._complete(unit, outcome, callback_failed)
+
+    def _account(self, unit: Unit, outcome: Outcome) -> None:
+        unit.elapsed = time.monotonic() - unit.t0
+        error = None if isinstance(outcome, SendResult) else outcome
+        self._metrics.outcome(unit.url, unit.elapsed, error, False)
+        if error is not None:
+            if error.url is None:
+                error.url = unit.url
+            if not isinstance(error, SinkClosedError):
+                self._failures.failed(unit.record.record_id, unit.attempts, error)  # summarised per kind
+            self._hooks.on_failure(unit, error)  # the dead letter is written before the callback runs
+
+    def _run_callback(self, unit: Unit, outcome: Outcome) -> bool:
+        """Run the record's callback; ``True`` if it raised (anything: it is user code)."""
+        callback = unit.record.callback
+        if callback is None:
+            return False
+        try:
+            with running_callback_of(unit.future):
+                if isinstance(outcome, SendResult):
+                    unit.context.run(callback.on_success, outcome)
+                else:
+                    record = unit.record
+                    context = SendExceptionContext(
+                        record.record_id, record.topic, unit.url, outcome, unit.attempts, unit.elapsed, outcome.status
+                    )
+                    unit.context.run(callback.on_exception, context)
+        except BaseException:  # user code, even SystemExit, must not stop a worker
+            _log.exception("callback of record %s raised; the connector goes on", unit.record.record_id)
+            return True
+        return False
+
+    def _complete(self, unit: Unit, outcome: Outcome, callback_failed: bool) -> None:
+        future = unit.future
+        try:
+            if future is not None:
+                if isinstance(outcome, SendResult):
+                    unit.context.run(future.set_result, outcome)
+                else:
+                    unit.context.run(future.set_exception, outcome)
+        finally:
+            with self.lock:
+                self.pending -= 1
+                if isinstance(outcome, SendResult):
+                    self.succeeded += 1
+                else:
+                    self.failed += 1
+                self.callback_errors += callback_failed
+                self._not_full.notify()
+                if self.pending == 0:
+                    self._idle.notify_all()
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        """Wait until nothing is pending; ``False`` if ``timeout`` passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.lock:
+            while self.pending:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
