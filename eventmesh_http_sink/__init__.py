@@ -9,7 +9,6 @@ one outcome.
 
 from .config import HttpSinkConfig, RetryConfig
 from .connector import HttpSinkConnector
-from .stats import SinkStats
 from .dispatch.batching import BatchConfig
 from .errors import (
     BatchRecordError,
@@ -37,6 +36,7 @@ from .outcomes.result_store import ResultStoreConfig
 from .records import ConnectRecord
 from .results import SendExceptionContext, SendMessageCallback, SendResult
 from .scheduling.breaker import CircuitBreakerConfig
+from .stats import SinkStats
 from .wire.transport import RequestsTransport, Response, Transport, Urllib3Transport
 
 __version__ = "0.1.0"

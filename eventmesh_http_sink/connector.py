@@ -114,11 +114,11 @@ class HttpSinkConnector:
         return Runtime(
             self.config,
             self._new_transport(),
-            self._store,
-            self._strategy,
-            self._opts,
-            self._policy,
-            self._base_headers,
+            store=self._store,
+            strategy=self._strategy,
+            options=self._opts,
+            policy=self._policy,
+            base_headers=self._base_headers,
         )
 
     def _new_transport(self) -> Transport:

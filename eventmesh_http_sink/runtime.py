@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from eventmesh_http_sink.wire.request_options import RequestOptions
     from eventmesh_http_sink.wire.transport import Transport
 
-__all__ = ["NEW", "OPEN", "CLOSED", "ProcessRuntime", "Runtime"]
+__all__ = ["CLOSED", "NEW", "OPEN", "ProcessRuntime", "Runtime"]
 
 _log = logging.getLogger("eventmesh_http_sink")
 NEW, OPEN, CLOSED = "new", "open", "closed"
@@ -58,6 +58,7 @@ class Runtime:
         self,
         config: HttpSinkConfig,
         transport: Transport,
+        *,
         store: ResultStore | None,
         strategy: Strategy,
         options: RequestOptions,
@@ -71,7 +72,14 @@ class Runtime:
         self.hooks = Hooks(config, store)
         self.resolver = Resolver(self.hooks, self.metrics, self.failures)
         self.dispatcher = Dispatcher(
-            config, transport, self.resolver, self.hooks, strategy, options, policy, base_headers
+            config,
+            transport,
+            self.resolver,
+            hooks=self.hooks,
+            strategy=strategy,
+            options=options,
+            policy=policy,
+            base_headers=base_headers,
         )
 
     def submit(self, unit: Unit, max_pending: int, wait: float | None, closed: Callable[[], bool]) -> None:

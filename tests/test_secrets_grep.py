@@ -221,7 +221,6 @@ def _others(reason: str) -> Any:
     return pytest.mark.xfail(reason=reason, strict=True)
 
 
-CONNECTOR = "the connector's messages embed the raw URL (core area): convert them with redact.redact_text"
 SURFACES: list[Any] = [
     pytest.param(lambda s: "\n".join(s.reprs), id="config-repr"),
     pytest.param(lambda s: "\n".join(s.config_errors), id="config-url-errors"),
@@ -231,16 +230,13 @@ SURFACES: list[Any] = [
     pytest.param(lambda s: "\n".join(s.scrapes), id="prometheus-scrape"),
     pytest.param(lambda s: "\n".join(s.replay_reports), id="replay-reports"),
     pytest.param(lambda s: _formatted(s.records, own=True), id="logs-of-outcome-modules"),
-    pytest.param(lambda s: _formatted(s.records, own=False), id="logs-of-connector-and-wire",
-                 marks=_others(CONNECTOR)),
+    pytest.param(lambda s: _formatted(s.records, own=False), id="logs-of-connector-and-wire"),
     pytest.param(lambda s: "\n".join(s.errors), id="exception-messages",
                  marks=_others("errors are built by the connector and the transport (core, wire areas)")),
     pytest.param(lambda s: "\n".join(s.contexts), id="callback-contexts",
                  marks=_others("SendExceptionContext's repr shows the error message (core area)")),
-    pytest.param(lambda s: "\n".join(s.connector_reprs), id="connector-repr",
-                 marks=_others("HttpSinkConnector.__repr__ lists the raw URLs (core area)")),
-    pytest.param(lambda s: "\n".join(s.cli), id="cli-output-vv",
-                 marks=_others("the CLI prints URLs and library errors as they are (cli area)")),
+    pytest.param(lambda s: "\n".join(s.connector_reprs), id="connector-repr"),
+    pytest.param(lambda s: "\n".join(s.cli), id="cli-output-vv"),
 ]  # fmt: skip
 
 

@@ -76,12 +76,12 @@ class Attempts:
         self,
         config: HttpSinkConfig,
         transport: Transport,
+        *,
         options: RequestOptions,
         strategy: Strategy,
         policy: RetryPolicy,
         hooks: Hooks,
         resolver: Resolver,
-        *,
         retries: RetryScheduler[Unit],
         waits: RetryScheduler[Unit],
         sending: set[Unit],
@@ -167,7 +167,8 @@ class Attempts:
         response, error = self.exchange(url, unit.body, unit.headers)
         self._sending.discard(unit)
         if response is not None and not 200 <= response.status < 300:
-            response, error = None, status_error(response, url)
+            error = status_error(response, url)
+            response = None
         return self._settle(unit, url, response, error, time.monotonic())
 
     # -- batches ---------------------------------------------------------------------------
@@ -231,7 +232,10 @@ class Attempts:
         except SinkError as exc:
             return None, exc
         except Exception as exc:  # a transport bug: the record's failure, retried like any
-            err = SinkError(f"unexpected {type(exc).__name__} sending to {redact_url(url)}: {exc}", url=url)
+            err = SinkError(
+                f"unexpected {type(exc).__name__} sending to {redact_url(url)}: {redact_text(str(exc))}",
+                url=url,
+            )
             err.__cause__ = exc
             return None, err
 
@@ -244,7 +248,13 @@ class Attempts:
             self._hooks.after_attempt(record, unit.attempts, url, response, None)
             self._strategy.report(unit, url, None, False)
             result = SendResult(
-                record.record_id, record.topic, url, response.status, unit.attempts, now - unit.t0, response.body
+                record.record_id,
+                record.topic,
+                url,
+                response.status,
+                unit.attempts,
+                now - unit.t0,
+                response.body,
             )
             self._resolver.resolve(unit, result)
             return True

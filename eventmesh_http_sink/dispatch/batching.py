@@ -101,7 +101,7 @@ def split_outcomes(
         outcomes = list(parser(status, body, records))
         if len(outcomes) != len(records):
             raise ValueError(f"returned {len(outcomes)} outcomes for {len(records)} records")
-    except Exception as exc:
+    except BaseException as exc:  # user code, even SystemExit: the records fail, the worker goes on
         err = SinkError(f"result_parser failed for a batch sent to {url}: {exc}", url=url, status=status)
         err.__cause__ = exc
         return [err] * len(records)

@@ -21,6 +21,7 @@ import time
 
 from eventmesh_http_sink.errors import SinkError
 from eventmesh_http_sink.metrics import error_kind
+from eventmesh_http_sink.redact import redact_text, redact_url
 
 __all__ = ["FailureLog"]
 
@@ -73,18 +74,19 @@ class FailureLog:
                     self._timer.name = "eventmesh-http-sink-failure-log"
                     self._timer.daemon = True  # never holds up interpreter exit
                     self._timer.start()
+        # The error's text and URL may carry a query-string secret (?api_key=...).
         if first:
             self._logger.warning(
                 _FAILED + " (the first %s failure%s; more are summarised every %g s)",
                 record_id,
                 attempts,
-                error,
+                redact_text(str(error)),
                 kind,
-                f" from {error.url}" if error.url else "",
+                f" from {redact_url(error.url)}" if error.url else "",
                 self._interval,
             )
         else:
-            self._logger.debug(_FAILED, record_id, attempts, error)
+            self._logger.debug(_FAILED, record_id, attempts, redact_text(str(error)))
 
     def _on_timer(self) -> None:
         with self._lock:

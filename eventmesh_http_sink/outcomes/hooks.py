@@ -157,7 +157,9 @@ class Hooks:
             return
         if future.join is not None:
             return  # a broadcast copy: the record's own outcome is written once, by its join
-        writer.write(lambda: dead_letter_entry(future.record, error, future.attempts), future.record.record_id)
+        writer.write(
+            lambda: dead_letter_entry(future.record, error, future.attempts), future.record.record_id
+        )
 
     def stats(self) -> dict[str, int]:
         """The features' counters, as extra :class:`SinkStats` fields."""

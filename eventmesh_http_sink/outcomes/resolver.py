@@ -107,7 +107,9 @@ class Resolver:
         with self.lock:
             if self.pending >= max_pending:
                 if wait == 0:
-                    raise QueueFullError(f"record {rid} refused: max_pending ({max_pending}) records are pending")
+                    raise QueueFullError(
+                        f"record {rid} refused: max_pending ({max_pending}) records are pending"
+                    )
                 deadline = None if wait is None else time.monotonic() + wait
                 while self.pending >= max_pending and not closed():
                     remaining = None if deadline is None else deadline - time.monotonic()
@@ -169,7 +171,10 @@ class Resolver:
         if unit.join is not None:  # a broadcast copy: its record resolves when the last copy is in
             try:
                 self._metrics.outcome(
-                    unit.url, time.monotonic() - unit.t0, None if isinstance(outcome, SendResult) else outcome, True
+                    unit.url,
+                    time.monotonic() - unit.t0,
+                    None if isinstance(outcome, SendResult) else outcome,
+                    True,
                 )
             finally:
                 unit.join.child_done(unit, outcome)
@@ -206,7 +211,13 @@ class Resolver:
                 else:
                     record = unit.record
                     context = SendExceptionContext(
-                        record.record_id, record.topic, unit.url, outcome, unit.attempts, unit.elapsed, outcome.status
+                        record.record_id,
+                        record.topic,
+                        unit.url,
+                        outcome,
+                        unit.attempts,
+                        unit.elapsed,
+                        outcome.status,
                     )
                     unit.context.run(callback.on_exception, context)
         except BaseException:  # user code, even SystemExit, must not stop a worker

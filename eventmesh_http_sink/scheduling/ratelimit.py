@@ -10,8 +10,8 @@ drains at the configured rate without piling onto the bucket together.
 from __future__ import annotations
 
 import threading
-import typing
 import time
+import typing
 from collections.abc import Callable
 
 __all__ = ["TokenBucket"]

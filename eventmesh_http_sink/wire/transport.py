@@ -235,7 +235,9 @@ class Urllib3Transport:
                     self._reconnects += 1
                 self._connect(conn, url, deadline)
                 if self._aborted:
-                    raise ResponseError(f"the connector closed before the request to {url} was resent", url=url)
+                    raise ResponseError(
+                        f"the connector closed before the request to {url} was resent", url=url
+                    ) from exc.__cause__
                 try:
                     result = self._exchange(conn, method, url, request, deadline)
                 except NoResponse as again:
