@@ -334,3 +334,21 @@ def test_every_refusal_of_put_names_the_record(server: FaultServer) -> None:
     never_started.close()
     with pytest.raises(SinkClosedError, match="never-one"):
         never_started.put(ConnectRecord(3, record_id="never-one"))
+
+
+def test_flush_from_a_done_callback_of_the_caller_does_not_wait_for_its_own_record(
+    server: FaultServer,
+) -> None:
+    server.responder = lambda log: Reply(200, delay=0.3)  # the done-callback runs on the worker
+    flushed: list[bool] = []
+    done = threading.Event()
+    with HttpSinkConnector(HttpSinkConfig(server.url)) as sink:
+        future = sink.put(ConnectRecord(1))
+
+        def on_done(_: Any) -> None:
+            flushed.append(sink.flush(5))
+            done.set()
+
+        future.add_done_callback(on_done)
+        assert done.wait(10)
+    assert flushed == [True]

@@ -103,11 +103,15 @@ class Unit:
         url: The URL of the last attempt.
         waits: The retry backoff generator (made at the first retry).
         elapsed: Seconds from acceptance to outcome.
+        succeeded: The outcome was a success (set when the record finishes).
+        callback_failed: The record's callback raised.
+        released: The record's ``max_pending`` slot was given back.
     """
 
     __slots__ = (
         "attempts",
         "body",
+        "callback_failed",
         "context",
         "elapsed",
         "future",
@@ -117,6 +121,8 @@ class Unit:
         "join",
         "pin",
         "record",
+        "released",
+        "succeeded",
         "t0",
         "url",
         "waits",
@@ -146,6 +152,10 @@ class Unit:
         self.url: str | None = None
         self.waits: Any = None
         self.elapsed = 0.0
+        # Set by the resolver when the record finishes; its slot is released once.
+        self.succeeded = False
+        self.callback_failed = False
+        self.released = False
 
     def __repr__(self) -> str:
         return f"<Unit {self.record.record_id} attempts={self.attempts}>"

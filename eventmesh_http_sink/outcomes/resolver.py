@@ -124,6 +124,11 @@ class Resolver:
             self.pending += 1
             self.submitted += 1
             self._live.add(unit)
+        future = unit.future
+        if future is not None:
+            # The Future's first done-callback gives the slot back as it resolves, before any
+            # done-callback of the caller's runs (one that calls flush() must not wait for itself).
+            future.add_done_callback(lambda _: self._release(unit))
 
     def track(self, units: list[Unit]) -> None:
         """Add broadcast copies to the live set (their record already holds the slot)."""
@@ -226,24 +231,33 @@ class Resolver:
         return False
 
     def _complete(self, unit: Unit, outcome: Outcome, callback_failed: bool) -> None:
+        unit.succeeded = isinstance(outcome, SendResult)
+        unit.callback_failed = callback_failed
         future = unit.future
         try:
-            if future is not None:
+            if future is not None:  # the caller's done-callbacks run in the put's context too
                 if isinstance(outcome, SendResult):
                     unit.context.run(future.set_result, outcome)
                 else:
                     unit.context.run(future.set_exception, outcome)
         finally:
-            with self.lock:
-                self.pending -= 1
-                if isinstance(outcome, SendResult):
-                    self.succeeded += 1
-                else:
-                    self.failed += 1
-                self.callback_errors += callback_failed
-                self._not_full.notify()
-                if self.pending == 0:
-                    self._idle.notify_all()
+            self._release(unit)  # done by the Future's first done-callback, unless it never ran
+
+    def _release(self, unit: Unit) -> None:
+        # Give the record's max_pending slot back and count its outcome, once.
+        with self.lock:
+            if unit.released:
+                return
+            unit.released = True
+            self.pending -= 1
+            if unit.succeeded:
+                self.succeeded += 1
+            else:
+                self.failed += 1
+            self.callback_errors += unit.callback_failed
+            self._not_full.notify()
+            if self.pending == 0:
+                self._idle.notify_all()
 
     # -- waiting ---------------------------------------------------------------------------
 
