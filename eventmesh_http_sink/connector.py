@@ -92,7 +92,7 @@ class HttpSinkConnector:
             session=transport if is_requests_session(transport) else None,
             # Temporary, until each helper re-creates its own lock at fork (forksafe).
             fork_helpers=(self._strategy, getattr(self._opts, "_token", None), self._store),
-            close_at_exit=lambda: self.close(config.exit_timeout),
+            close_at_exit=self._close_at_exit,
         )
 
     def __repr__(self) -> str:
@@ -109,6 +109,9 @@ class HttpSinkConnector:
         """
         self._process.open()
         return self
+
+    def _close_at_exit(self) -> None:
+        self.close(self.config.exit_timeout)
 
     def _new_runtime(self) -> Runtime:
         return Runtime(

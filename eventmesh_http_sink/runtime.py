@@ -161,13 +161,14 @@ class ProcessRuntime:
     """A connector's lifecycle state and its :class:`Runtime` in the current process.
 
     Args:
-        build: Makes a fresh runtime (called in each process on first use).
+        build: Makes a fresh runtime (called in each process on first use). Bound
+            methods are held weakly here, so the handle never keeps its connector alive.
         session: The caller's ``requests.Session``, if any: a forked child drops
             its copies of the parent's pooled sockets.
         fork_helpers: Connector-level helpers whose ``_lock`` a parent thread may
             hold at fork. Temporary: each helper re-creates its own lock at fork
             once ``forksafe`` lands, and this goes.
-        close_at_exit: Called with ``exit_timeout`` at interpreter exit when still open.
+        close_at_exit: Called at interpreter exit when still open (held like ``build``).
     """
 
     def __init__(
@@ -178,10 +179,10 @@ class ProcessRuntime:
         fork_helpers: tuple[object, ...] = (),
         close_at_exit: Callable[[], None] | None = None,
     ) -> None:
-        self._build = build
+        self._build = _weakly(build)
         self._session = session
         self._fork_helpers = fork_helpers
-        self._close_at_exit = close_at_exit
+        self._close_at_exit = None if close_at_exit is None else _weakly(close_at_exit)
         self._lock = threading.Lock()
         self._state = NEW
         self._rt: Runtime | None = None
@@ -203,7 +204,10 @@ class ProcessRuntime:
                 raise SinkClosedError(refused)
             rt = self._rt
             if rt is None or rt.pid != os.getpid():
-                rt = self._rt = self._build()
+                build = self._build()
+                if build is None:  # defensive: only the connector calls open(), so it is alive
+                    raise SinkClosedError(refused)
+                rt = self._rt = build()
                 self._state = OPEN
             return rt
 
@@ -236,8 +240,16 @@ class ProcessRuntime:
                 helper._lock = threading.Lock()  # type: ignore[attr-defined]
 
     def _exit(self) -> None:
-        if self._state == OPEN and self.current() is not None and self._close_at_exit is not None:
-            self._close_at_exit()
+        close = None if self._close_at_exit is None else self._close_at_exit()
+        if self._state == OPEN and self.current() is not None and close is not None:
+            close()
+
+
+def _weakly(fn: Callable[[], Any]) -> Callable[[], Callable[[], Any] | None]:
+    # A bound method of the connector, held weakly; anything else, strongly.
+    if hasattr(fn, "__self__") and hasattr(fn, "__func__"):
+        return weakref.WeakMethod(fn)
+    return lambda: fn
 
 
 def is_requests_session(obj: object) -> bool:
