@@ -109,6 +109,7 @@ class Runtime:
             units = resolver.claim_all()  # from here a late response reports nothing
             dispatcher.stop_timers()
             self.transport.abort()  # requests still on the wire: shut their sockets
+            dispatcher.abandon_in_flight()
             jobs = [_finisher(resolver, unit) for unit in units]
             dispatcher.run_on_pool(jobs)
             resolver.wait_idle(None)  # every callback has returned

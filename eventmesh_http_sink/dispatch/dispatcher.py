@@ -241,6 +241,14 @@ class Dispatcher:
         with self._lock:
             self._closing = True
 
+    def abandon_in_flight(self) -> None:
+        """After ``close`` claimed every record: requests still unwinding from the abort count no more.
+
+        Their records are finished (cancelled); the workers' own removal of the
+        mark, when the aborted send returns, is then a no-op.
+        """
+        self._sending.clear()
+
     def stop_timers(self) -> None:
         """Stop the retry and gate timers and the batcher (their records were claimed)."""
         self.retries.stop()
