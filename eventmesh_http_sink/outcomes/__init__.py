@@ -1,1 +1,6 @@
-"""What happens around outcomes: the result store and its export, dead letters and replay."""
+"""What happens to outcomes: the once-only resolver, the features' hooks, what outlives the process.
+
+* ``resolver``: claims each record once, runs its callback, then resolves its Future; the counters.
+* ``hooks``: the rate limit and breaker gate, the result store, the dead letter, fanned out from three calls.
+* ``result_store``, ``export_server``, ``dead_letter``, ``replay``, ``failure_log``: the features themselves.
+"""
