@@ -733,9 +733,6 @@ def _is_requests_session(obj: object) -> TypeGuard[requests.Session]:
     return isinstance(obj, requests.Session)
 
 
-_LOCK_TYPE = type(threading.Lock())
-
-
 def _after_fork_in_child() -> None:
     # The child starts with no threads: give every connector a fresh runtime on
     # first use, and leave the parent's records to the parent.
@@ -758,13 +755,6 @@ def _after_fork_in_child() -> None:
         ):
             reset.add(id(session))
             reset_session_pools_after_fork(session)
-        # Connector-level helpers (failover state, bearer token, result store) guard their state
-        # with a lock a parent thread may have held at the fork: no child thread would release it.
-        opts = getattr(connector, "_opts", None)
-        helpers = (getattr(connector, "_strategy", None), getattr(opts, "_token", None))
-        for helper in (*helpers, getattr(connector, "_store", None)):
-            if isinstance(getattr(helper, "_lock", None), _LOCK_TYPE):
-                helper._lock = threading.Lock()  # type: ignore[union-attr]
 
 
 def _close_all_at_exit() -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Protocol
 
+from eventmesh_http_sink import forksafe
 from eventmesh_http_sink.errors import BroadcastError, SinkClosedError, SinkError
 from eventmesh_http_sink.results import SendResult
 
@@ -65,6 +66,11 @@ class Failover:
         self._fails = [0] * len(urls)
         self._until = [0.0] * len(urls)
         self._lock = threading.Lock()
+        forksafe.register(self)
+
+    def after_fork_in_child(self) -> None:
+        """A parent thread may have held the lock at the fork: a fresh one for the child."""
+        forksafe.reinit(self._lock)
 
     def choose(self, unit: Any, next_index: Callable[[], int]) -> str:
         """See :class:`Strategy`."""
@@ -121,6 +127,8 @@ class BroadcastJoin:
         self._parent = parent
         self._urls = urls
         self._resolve = resolve
+        # Not registered with forksafe: a join belongs to one record of the process that
+        # accepted it, and a forked child never touches the parent's records.
         self._lock = threading.Lock()
         self._left = len(urls)
         self._status: dict[str, int | None] = {}

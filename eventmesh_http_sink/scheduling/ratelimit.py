@@ -13,6 +13,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from eventmesh_http_sink import forksafe
+
 __all__ = ["TokenBucket"]
 
 
@@ -34,6 +36,11 @@ class TokenBucket:
         self._tokens = self.burst
         self._last = clock()
         self._lock = threading.Lock()
+        forksafe.register(self)
+
+    def after_fork_in_child(self) -> None:
+        """A parent thread may have held the lock at the fork: a fresh one for the child."""
+        forksafe.reinit(self._lock)
 
     def reserve(self) -> float:
         """Take one token; return the seconds to wait before it may be used (0 when available)."""
