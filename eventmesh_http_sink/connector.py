@@ -449,11 +449,14 @@ class HttpSinkConnector(DeliveryMixin):
         future._url = url
         future._attempts += 1
         rt.sending.add(future)
+        headers, signer = future._hdrs, self.config.signing
+        if signer is not None:  # Standard Webhooks: signed per attempt over the bytes sent (signing.py)
+            headers = signer.sign_headers(headers, future._rec.record_id, future._body, time.time())
         try:
             if self._opts.passthrough:
-                response = rt.transport.send(self._method, url, future._body, future._hdrs)
+                response = rt.transport.send(self._method, url, future._body, headers)
             else:
-                response = self._opts.send(rt.transport, self._method, url, future._body, future._hdrs)
+                response = self._opts.send(rt.transport, self._method, url, future._body, headers)
         except SinkError as exc:
             error = exc
         except Exception as exc:  # a transport bug must not lose the record's outcome
