@@ -335,9 +335,7 @@ class HttpSinkConfig:
     def _check_signing(self, attr: attrs.Attribute[Any], value: Any) -> None:
         if value is not None and not isinstance(value, WebhookSigner):
             # Never repr the value: it may be the secret itself, given without the wrapper.
-            raise ConfigError(
-                "signing", f"must be a WebhookSigner('whsec_...'), got {type(value).__name__}"
-            )
+            raise ConfigError("signing", f"must be a WebhookSigner('whsec_...'), got {type(value).__name__}")
         if value is not None:
             for name in self.headers:
                 if name.lower() in SIGNATURE_HEADERS:

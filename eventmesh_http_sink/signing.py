@@ -48,7 +48,7 @@ def _key(secret: object, position: int, count: int) -> bytes:
         if not secret.startswith(_PREFIX):
             raise ConfigError(
                 "signing",
-                f"{where} is a str without the 'whsec_' prefix: give 'whsec_<base64>' or the raw key as bytes",
+                f"{where} is a str without the 'whsec_' prefix: give 'whsec_<base64>' or the key as bytes",
             )
         text = secret[len(_PREFIX) :]
         try:
@@ -136,7 +136,9 @@ class WebhookSigner:
             parts.append("v1," + base64.b64encode(mac.digest()).decode("ascii"))
         return " ".join(parts)
 
-    def sign_headers(self, headers: Mapping[str, str], msg_id: str, body: bytes, now: float) -> dict[str, str]:
+    def sign_headers(
+        self, headers: Mapping[str, str], msg_id: str, body: bytes, now: float
+    ) -> dict[str, str]:
         """``headers`` plus the three signature headers, for one attempt (a new dict).
 
         ``headers`` is left as it is (a record's headers are shared by its retries

@@ -16,9 +16,14 @@ import gzip
 import json
 import logging
 import pickle
+import signal
+import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -37,6 +42,8 @@ from eventmesh_http_sink import (
     WebhookSigner,
 )
 from eventmesh_http_sink.testing import FaultServer, Reply, RequestLog
+
+from .cli_helpers import COMMAND, cli_env, records, run_cli, summary_of, write_jsonl
 
 KEY = b"\x01signing-key-of-32-bytes-\xfe\xff\x00abcd"
 SECRET = "whsec_" + base64.b64encode(KEY).decode()
@@ -193,9 +200,9 @@ def test_own_verify_agrees_with_the_reference_signer() -> None:
     signer = WebhookSigner(SECRET)
     body = json.dumps({"x": "ü"}).encode()
     now = time.time()
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    reference = Webhook(SECRET).sign("m1", datetime.fromtimestamp(now, tz=timezone.utc), body.decode())
+    reference = Webhook(SECRET).sign("m1", datetime.fromtimestamp(now, tz=UTC), body.decode())
     headers = {"Webhook-Id": "m1", "Webhook-Timestamp": str(int(now)), "Webhook-Signature": reference}
     assert signer.signature("m1", int(now), body) == reference
     assert signer.verify(body, headers) is None
@@ -244,7 +251,9 @@ def test_the_whsec_form_and_raw_bytes_are_the_same_key() -> None:
         ((SECRET, 12345), "secret 2 of 2 must be a 'whsec_<base64>' str or bytes, got int"),
     ],
 )
-def test_bad_secrets_are_refused_naming_signing_not_the_secret(secrets: tuple[object, ...], match: str) -> None:
+def test_bad_secrets_are_refused_naming_signing_not_the_secret(
+    secrets: tuple[object, ...], match: str
+) -> None:
     with pytest.raises(ConfigError, match=match) as info:
         WebhookSigner(*secrets)  # type: ignore[arg-type]
     assert info.value.field == "signing"
@@ -307,7 +316,9 @@ def test_a_signing_secret_never_leaves_through_any_output(tmp_path: Path) -> Non
             texts.append(repr(config))
             with HttpSinkConnector(config) as sink:
                 texts.append(repr(sink))
-                futures = [sink.put(ConnectRecord({"a": 1}, record_id=k)) for k in ("s-ok", "s-fail", "s-retry")]
+                futures = [
+                    sink.put(ConnectRecord({"a": 1}, record_id=k)) for k in ("s-ok", "s-fail", "s-retry")
+                ]
                 for future in futures:
                     error = future.exception(timeout=10)
                     if error is not None:
@@ -327,5 +338,145 @@ def test_a_signing_secret_never_leaves_through_any_output(tmp_path: Path) -> Non
     texts.append(dead.read_text(encoding="utf-8"))
     assert any(r.levelno == logging.DEBUG for r in records) and "s-fail" in texts[-1]
     everything = "\n".join(texts)
-    for needle in (SECRET, SECRET[6:], SECRET[6:30], base64.b64encode(KEY).decode(), KEY.hex(), repr(KEY)[2:-1]):
+    for needle in (
+        SECRET,
+        SECRET[6:],
+        SECRET[6:30],
+        base64.b64encode(KEY).decode(),
+        KEY.hex(),
+        repr(KEY)[2:-1],
+    ):
         assert needle not in everything
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+
+def _start_receive(*args: str, **env: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [*COMMAND, "receive", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(**env),
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    assert first.startswith("listening on http://127.0.0.1:"), first
+    return proc, first.split()[2]
+
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    return out, err
+
+
+def test_cli_send_and_replay_sign_with_the_secret_from_the_environment(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", records(4, "c"))
+    dead = tmp_path / "dead.jsonl"
+    with FaultServer() as server:
+        server.plan("c1", Reply(400))
+        proc = run_cli(
+            "send", server.url, str(src), "--json", "--dead-letter", str(dead), "--retries", "0",
+            "--signing-secret-env", "WH_SECRET", "-vv", cwd=tmp_path, WH_SECRET=f"{SECRET} {OTHER}",
+        )  # fmt: skip
+        assert proc.returncode == 1, proc.stderr
+        assert summary_of(proc.stdout)["delivered"] == 3
+        # The suggested resend command names the variable, never its value.
+        assert "--signing-secret-env WH_SECRET" in summary_of(proc.stdout)["resend_command"]
+        proc = run_cli(
+            "replay", str(dead), server.url, "--json", "--no-dead-letter",
+            "--signing-secret-env", "WH_SECRET", cwd=tmp_path, WH_SECRET=SECRET,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert summary_of(proc.stdout)["delivered"] == 1
+        assert [r.key for r in server.requests].count("c1") == 2
+        for request in server.requests:
+            _verify(SECRET, request)
+        for request in server.requests[:4]:
+            _verify(OTHER, request)  # the send had both secrets, the replay only the first
+    for text in (proc.stdout, proc.stderr, dead.read_text()):
+        assert SECRET[6:] not in text and OTHER[6:] not in text
+
+
+@pytest.mark.parametrize("command", ["send", "replay"])
+def test_cli_signing_secret_env_unset_or_malformed_is_a_usage_error(tmp_path: Path, command: str) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", records(1))
+    args = (
+        ("send", "http://127.0.0.1:9/", str(src))
+        if command == "send"
+        else ("replay", str(src), "http://127.0.0.1:9/")
+    )
+    proc = run_cli(*args, "--signing-secret-env", "NO_SUCH_VAR_X", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "--signing-secret-env: environment variable NO_SUCH_VAR_X is not set" in proc.stderr
+    bad = "not-a-whsec-secret-1234"
+    proc = run_cli(*args, "--signing-secret-env", "WH", cwd=tmp_path, WH=bad)
+    assert proc.returncode == 2
+    assert "--signing-secret-env: $WH: the secret is a str without the 'whsec_' prefix" in proc.stderr
+    assert bad not in proc.stderr + proc.stdout
+
+
+def test_cli_receive_verifies_counts_and_answers_401(tmp_path: Path) -> None:
+    out = tmp_path / "got.jsonl"
+    receiver, url = _start_receive("--verify-secret-env", "WH", "--out", str(out), WH=SECRET)
+    try:
+        good = write_jsonl(tmp_path / "good.jsonl", records(3, "g"))
+        proc = run_cli(
+            "send", url, str(good), "--json", "--signing-secret-env", "WH", cwd=tmp_path, WH=SECRET
+        )
+        assert proc.returncode == 0, proc.stderr
+        bad = write_jsonl(tmp_path / "bad.jsonl", records(2, "w"))
+        proc = run_cli(
+            "send", url, str(bad), "--json", "--no-dead-letter", "--signing-secret-env", "WH",
+            cwd=tmp_path, WH=OTHER,
+        )  # fmt: skip
+        assert proc.returncode == 1 and summary_of(proc.stdout)["failures_by_kind"] == {"http_401": 2}
+        unsigned = run_cli("send", url, str(good), "--json", "--no-dead-letter", cwd=tmp_path)
+        assert summary_of(unsigned.stdout)["failed"] == 3
+        # A request signed by the reference implementation verifies too.
+        body = b'{"ref": 1}'
+        from datetime import datetime
+
+        now = datetime.now(tz=UTC)
+        headers = {
+            "webhook-id": "ref-1",
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": Webhook(SECRET).sign("ref-1", now, body.decode()),
+        }
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
+            assert response.status == 200
+        tampered = urllib.request.Request(url, data=b'{"ref": 2}', headers=headers, method="POST")  # noqa: S310
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(tampered, timeout=10)  # noqa: S310
+        assert info.value.code == 401 and b"no signature matches" in info.value.read()
+    finally:
+        _, err = _stop(receiver)
+    assert "received 10 request(s); signatures: 4 verified, 6 failed (answered 401)" in err
+    stored = [json.loads(line) for line in out.read_text().splitlines()]
+    verdicts = {
+        (e["key"] or e["headers"]["webhook-id"]): e["signature"] for e in stored if e["answered"] != 401
+    }
+    assert verdicts == {"g0": "verified", "g1": "verified", "g2": "verified", "ref-1": "verified"}
+    assert {e["signature"] for e in stored if e["answered"] == 401} >= {"no signature matches"}
+    assert SECRET[6:] not in err + out.read_text()
+
+
+def test_cli_receive_prints_the_verdict_and_refuses_an_unset_variable(tmp_path: Path) -> None:
+    proc = run_cli("receive", "--port", "0", "--verify-secret-env", "NOPE_UNSET", cwd=tmp_path)
+    assert (
+        proc.returncode == 2
+        and "--verify-secret-env: environment variable NOPE_UNSET is not set" in proc.stderr
+    )
+    receiver, url = _start_receive("--verify-secret-env", "WH", WH=SECRET)
+    try:
+        run_cli("send", url, "-", "--signing-secret-env", "WH", stdin='{"record_id": "p1", "data": 1}\n',
+                cwd=tmp_path, WH=SECRET)  # fmt: skip
+        assert receiver.stdout is not None
+        line = receiver.stdout.readline()
+    finally:
+        _stop(receiver)
+    assert line.strip() == "POST / key=p1 1 bytes -> 200 signature verified"

@@ -130,8 +130,9 @@ class DeliveryMixin:
         headers["Idempotency-Key"] = batch_key([u._rec.record_id for u in units])
         self._opts.batch_headers(headers)
         body = self._opts.compress(body, headers)
-        if self.config.signing is not None:  # Standard Webhooks: per attempt, over the bytes sent (signing.py)
-            headers = self.config.signing.sign_headers(headers, headers["Idempotency-Key"], body, time.time())
+        signer = self.config.signing
+        if signer is not None:  # Standard Webhooks: per attempt, over the bytes sent (signing.py)
+            headers = signer.sign_headers(headers, headers["Idempotency-Key"], body, time.time())
         for unit in units:
             unit._url = url
             unit._attempts += 1
