@@ -16,8 +16,10 @@ import gzip
 import json
 import logging
 import pickle
+import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -480,3 +482,18 @@ def test_cli_receive_prints_the_verdict_and_refuses_an_unset_variable(tmp_path: 
     finally:
         _stop(receiver)
     assert line.strip() == "POST / key=p1 1 bytes -> 200 signature verified"
+
+
+def test_the_readme_example_runs_and_its_request_verifies() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    [code] = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "WebhookSigner(os.environ" in b]
+    with FaultServer() as server:
+        code = code.replace("https://hooks.example.com/orders", server.url + "orders")
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+            env=cli_env(WEBHOOK_SECRET=SECRET),
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        [request] = server.requests
+    _verify(SECRET, request)
+    assert request.headers["webhook-id"] == "order-1" and request.path == "/orders"
