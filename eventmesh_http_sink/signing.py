@@ -86,11 +86,13 @@ class WebhookSigner:
         config = HttpSinkConfig("https://example.com/hook", signing=WebhookSigner(os.environ["WH_SECRET"]))
     """
 
-    __slots__ = ("_keys",)
+    __slots__ = ("_keys", "_macs")
 
     def __init__(self, secret: str | bytes, *more_secrets: str | bytes) -> None:
         secrets = (secret, *more_secrets)
         self._keys = tuple(_key(s, i, len(secrets)) for i, s in enumerate(secrets, 1))
+        # Keyed once: copying a keyed HMAC is ~3x cheaper than keying one per request.
+        self._macs = tuple(hmac.new(key, digestmod=hashlib.sha256) for key in self._keys)
 
     def __repr__(self) -> str:
         return f"WebhookSigner(<{len(self._keys)} secret(s)>)"
@@ -130,8 +132,9 @@ class WebhookSigner:
         """
         head = f"{msg_id}.{timestamp}.".encode()
         parts = []
-        for key in self._keys:
-            mac = hmac.new(key, head, hashlib.sha256)
+        for keyed in self._macs:
+            mac = keyed.copy()
+            mac.update(head)
             mac.update(body)  # no copy of a large body into the signed string
             parts.append("v1," + base64.b64encode(mac.digest()).decode("ascii"))
         return " ".join(parts)
