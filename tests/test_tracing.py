@@ -1,0 +1,318 @@
+"""OpenTelemetry tracing (tracing.py) against the SDK's in-memory exporter and real loopback servers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from eventmesh_http_sink import (
+    BatchConfig,
+    ConfigError,
+    ConnectRecord,
+    HttpSinkConfig,
+    HttpSinkConnector,
+    RetryConfig,
+)
+from eventmesh_http_sink.testing import FaultServer, Reply
+
+trace = pytest.importorskip("opentelemetry.trace")
+sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")
+from opentelemetry.sdk.trace import SpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
+from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST_RETRY = RetryConfig(max_retries=3, initial_backoff=0.01, max_backoff=0.02)
+
+
+@pytest.fixture(scope="module")
+def provider() -> sdk_trace.TracerProvider:
+    # The global provider can be set once per process: reuse an SDK one another module set.
+    current = trace.get_tracer_provider()
+    if isinstance(current, sdk_trace.TracerProvider):
+        return current
+    made = sdk_trace.TracerProvider()
+    trace.set_tracer_provider(made)
+    assert trace.get_tracer_provider() is made
+    return made
+
+
+class StartThreads(SpanProcessor):
+    """Notes the thread each span starts on."""
+
+    def __init__(self) -> None:
+        self.threads: dict[int, str] = {}
+
+    def on_start(self, span, parent_context=None) -> None:
+        self.threads[span.context.span_id] = threading.current_thread().name
+
+
+@pytest.fixture
+def exporter(provider):
+    exp = InMemorySpanExporter()
+    exp.threads = StartThreads()
+    provider.add_span_processor(exp.threads)
+    provider.add_span_processor(SimpleSpanProcessor(exp))  # exports as each span ends
+    yield exp
+    exp.shutdown()  # later spans are dropped by this exporter
+    exp.threads.threads = {}
+
+
+@pytest.fixture
+def tracer(provider):
+    return provider.get_tracer("tests.caller")
+
+
+def attempt_spans(exporter):
+    return [s for s in exporter.get_finished_spans() if s.instrumentation_scope.name == "eventmesh_http_sink"]
+
+
+def traceparent(span) -> str:
+    ctx = span.get_span_context()
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+
+
+def same_context(a, b) -> bool:
+    return (a.trace_id, a.span_id) == (b.trace_id, b.span_id)
+
+
+# -- one record, one attempt ---------------------------------------------------------------
+
+
+def test_attempt_span_follows_the_http_client_conventions(exporter, tracer, server):
+    url = server.url + "hook?api_key=s3cret&v=2"
+    with HttpSinkConnector(HttpSinkConfig(url, tracing=True)) as sink:
+        with tracer.start_as_current_span("caller") as caller:
+            future = sink.put(ConnectRecord({"n": 1}, record_id="r1"))
+        assert future.result(10).status == 200
+    (span,) = attempt_spans(exporter)
+    assert span.name == "POST"
+    assert span.kind is SpanKind.CLIENT
+    assert same_context(span.parent, caller.get_span_context())
+    assert dict(span.attributes) == {
+        "http.request.method": "POST",
+        "server.address": "127.0.0.1",
+        "server.port": server.port,
+        "url.full": f"http://127.0.0.1:{server.port}/hook?api_key=***&v=***",
+        "network.protocol.version": "1.1",
+        "http.response.status_code": 200,
+    }
+    assert span.status.status_code is StatusCode.UNSET
+    # The receiver got the attempt's span as its parent, through the global propagator.
+    (request,) = server.requests
+    assert request.headers["traceparent"] == traceparent(span)
+    assert "s3cret" not in repr(span.to_json())
+
+
+def test_parents_survive_the_hop_to_worker_threads(exporter, tracer, server):
+    # Many callers on their own threads, each under its own span: every attempt span
+    # (sent by one of 4 workers) is the child of the span its record was put under.
+    parents: dict[str, object] = {}
+    with HttpSinkConnector(HttpSinkConfig(server.url, max_workers=4, tracing=True)) as sink:
+
+        def caller(i: int) -> None:
+            with tracer.start_as_current_span(f"caller-{i}") as span:
+                parents[f"k{i}"] = span.get_span_context()
+                futures = [sink.put(ConnectRecord(i, record_id=f"k{i}"))]
+            futures[0].result(10)
+
+        threads = [threading.Thread(target=caller, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    spans = attempt_spans(exporter)
+    assert len(spans) == 12
+    by_trace_parent = {traceparent(s): s for s in spans}
+    for request in server.requests:
+        span = by_trace_parent[request.headers["traceparent"]]
+        assert same_context(span.parent, parents[request.key])
+    assert len({s.context.trace_id for s in spans}) == 12  # one trace per caller
+    # The workers made them, not the callers' threads.
+    assert {exporter.threads.threads[s.context.span_id].rsplit("_", 1)[0] for s in spans} == {
+        "eventmesh-http-sink"
+    }
+
+
+def test_every_retry_is_a_new_span_under_the_same_parent(exporter, tracer, server):
+    server.plan("flaky", Reply(503, headers={"Retry-After": "0"}), Reply(500), Reply(200))
+    with HttpSinkConnector(HttpSinkConfig(server.url, retry=FAST_RETRY, tracing=True)) as sink:
+        with tracer.start_as_current_span("caller") as caller:
+            future = sink.put(ConnectRecord(1, record_id="flaky"))
+        assert future.result(10).attempts == 3
+    spans = sorted(attempt_spans(exporter), key=lambda s: s.start_time)
+    assert len(spans) == 3
+    assert all(same_context(s.parent, caller.get_span_context()) for s in spans)
+    assert len({s.context.span_id for s in spans}) == 3
+    assert [s.attributes.get("http.request.resend_count") for s in spans] == [None, 1, 2]
+    assert [s.attributes["http.response.status_code"] for s in spans] == [503, 500, 200]
+    assert [s.attributes.get("error.type") for s in spans] == ["503", "500", None]
+    assert [s.status.status_code for s in spans] == [StatusCode.ERROR, StatusCode.ERROR, StatusCode.UNSET]
+    # Each request carried its own attempt's span, in order.
+    assert [r.headers["traceparent"] for r in server.requests] == [traceparent(s) for s in spans]
+
+
+def test_a_failure_without_a_response_names_the_error_class(exporter, tracer, server):
+    server.plan("gone", Reply.reset())
+    config = HttpSinkConfig(server.url, retry=RetryConfig(max_retries=0), tracing=True)
+    with HttpSinkConnector(config) as sink:
+        future = sink.put(ConnectRecord(1, record_id="gone"))
+        error = future.exception(10)
+    assert error is not None
+    (span,) = attempt_spans(exporter)
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes["error.type"] == type(error).__qualname__
+    assert "http.response.status_code" not in span.attributes
+    assert span.parent is None  # nothing was current at put: a root span
+
+
+def test_success_when_refusal_is_an_error_with_the_status(exporter, server):
+    config = HttpSinkConfig(
+        server.url, retry=RetryConfig(max_retries=0), success_when=lambda s, h, b: False, tracing=True
+    )
+    with HttpSinkConnector(config) as sink:
+        assert sink.put(ConnectRecord(1)).exception(10) is not None
+    (span,) = attempt_spans(exporter)
+    assert span.attributes["http.response.status_code"] == 200
+    assert span.attributes["error.type"] == "BusinessError"
+    assert span.status.status_code is StatusCode.ERROR
+
+
+def test_a_method_outside_the_standard_set_is_other(exporter, server):
+    with HttpSinkConnector(HttpSinkConfig(server.url, method="NOTIFY", tracing=True)) as sink:
+        sink.put(ConnectRecord(1)).result(10)
+    (span,) = attempt_spans(exporter)
+    assert span.name == "HTTP"
+    assert span.attributes["http.request.method"] == "_OTHER"
+    assert span.attributes["http.request.method_original"] == "NOTIFY"
+
+
+def test_a_configured_traceparent_header_is_replaced_not_doubled(exporter, tracer, server):
+    config = HttpSinkConfig(server.url, headers={"TraceParent": "00-bogus"}, tracing=True)
+    with HttpSinkConnector(config) as sink, tracer.start_as_current_span("caller"):
+        sink.put(ConnectRecord(1)).result(10)
+    (span,) = attempt_spans(exporter)
+    (request,) = server.requests
+    assert request.headers["traceparent"] == traceparent(span)
+
+
+# -- broadcast and batches -----------------------------------------------------------------
+
+
+def test_broadcast_copies_each_get_a_span_under_the_callers_span(exporter, tracer):
+    with FaultServer() as a, FaultServer() as b:
+        config = HttpSinkConfig([a.url, b.url], delivery_strategy="broadcast", tracing=True)
+        with HttpSinkConnector(config) as sink:
+            with tracer.start_as_current_span("caller") as caller:
+                future = sink.put(ConnectRecord(1))
+            future.result(10)
+        spans = attempt_spans(exporter)
+        assert sorted(s.attributes["server.port"] for s in spans) == sorted([a.port, b.port])
+        assert all(same_context(s.parent, caller.get_span_context()) for s in spans)
+        assert {a.requests[0].headers["traceparent"], b.requests[0].headers["traceparent"]} == {
+            traceparent(s) for s in spans
+        }
+
+
+def test_a_batch_is_one_span_linked_to_every_records_parent(exporter, tracer, server):
+    config = HttpSinkConfig(server.url, batch=BatchConfig(max_records=4, linger=5.0), tracing=True)
+    parents = []
+    with HttpSinkConnector(config) as sink:
+        futures = []
+        for i in range(3):
+            with tracer.start_as_current_span(f"caller-{i}") as span:
+                parents.append(span.get_span_context())
+                futures.append(sink.put(ConnectRecord(i)))
+        futures.append(sink.put(ConnectRecord(3)))  # no span current: no link for this one
+        for future in futures:
+            future.result(10)
+    (span,) = attempt_spans(exporter)
+    assert span.parent is None
+    assert span.context.trace_id not in {p.trace_id for p in parents}
+    assert sorted((link.context.trace_id, link.context.span_id) for link in span.links) == sorted(
+        (p.trace_id, p.span_id) for p in parents
+    )
+    assert span.attributes["http.response.status_code"] == 200
+    (request,) = server.requests
+    assert request.headers["traceparent"] == traceparent(span)
+
+
+def test_a_failed_batch_span_is_an_error(exporter, server):
+    server.script(Reply(422))
+    config = HttpSinkConfig(
+        server.url,
+        batch=BatchConfig(max_records=2, linger=5.0),
+        retry=RetryConfig(max_retries=0),
+        tracing=True,
+    )
+    with HttpSinkConnector(config) as sink:
+        futures = [sink.put(ConnectRecord(i)) for i in range(2)]
+        assert all(f.exception(10) is not None for f in futures)
+    (span,) = attempt_spans(exporter)
+    assert span.attributes["error.type"] == "422"
+    assert span.status.status_code is StatusCode.ERROR
+    assert not span.links
+
+
+# -- off, and absent -----------------------------------------------------------------------
+
+
+def test_tracing_off_makes_no_span_and_sends_no_traceparent(exporter, tracer, server):
+    with HttpSinkConnector(HttpSinkConfig(server.url)) as sink, tracer.start_as_current_span("caller"):
+        sink.put(ConnectRecord(1)).result(10)
+    assert attempt_spans(exporter) == []
+    assert "traceparent" not in server.requests[0].headers
+
+
+def test_tracing_must_be_a_bool():
+    with pytest.raises(ConfigError, match="tracing: must be a bool"):
+        HttpSinkConfig("http://127.0.0.1/", tracing="yes")
+
+
+_WITHOUT_OTEL = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class Blocker(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "opentelemetry" or name.startswith("opentelemetry."):
+                raise ImportError(f"blocked: {name}")
+            return None
+
+    sys.meta_path.insert(0, Blocker())
+
+    from eventmesh_http_sink import ConfigError, ConnectRecord, HttpSinkConfig, HttpSinkConnector
+    from eventmesh_http_sink.testing import FaultServer
+
+    with FaultServer() as server:
+        with HttpSinkConnector(HttpSinkConfig(server.url, tracing=False)) as sink:
+            assert sink.put(ConnectRecord({"n": 1})).result(10).status == 200
+        assert "traceparent" not in server.requests[0].headers
+    try:
+        HttpSinkConfig("http://127.0.0.1/", tracing=True)
+    except ConfigError as exc:
+        print("refused:", exc)
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] == "opentelemetry")
+    print("loaded:", loaded)
+    """
+)
+
+
+def test_without_opentelemetry_the_package_works_and_imports_none_of_it():
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_OTEL], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "refused: tracing: needs OpenTelemetry: pip install 'eventmesh-http-sink[otel]'" in done.stdout
+    assert "loaded: []" in done.stdout
