@@ -316,3 +316,121 @@ def test_without_opentelemetry_the_package_works_and_imports_none_of_it():
     assert done.returncode == 0, done.stderr
     assert "refused: tracing: needs OpenTelemetry: pip install 'eventmesh-http-sink[otel]'" in done.stdout
     assert "loaded: []" in done.stdout
+
+
+# -- Celery: the task's span is the parent of its records' spans ---------------------------
+
+
+def _task_span_signals(tracer):
+    """Start a span around each task body, as opentelemetry-instrumentation-celery does."""
+    from celery import signals
+    from opentelemetry import context
+
+    running: dict[str, tuple] = {}
+    task_spans = []
+
+    def start(task_id, task, **_):
+        span = tracer.start_span(f"run/{task.name}", kind=SpanKind.CONSUMER)
+        task_spans.append(span)
+        running[task_id] = (span, context.attach(trace.set_span_in_context(span)))
+
+    def end(task_id, **_):
+        span, token = running.pop(task_id)
+        context.detach(token)
+        span.end()
+
+    return task_spans, ((signals.task_prerun, start), (signals.task_postrun, end))
+
+
+def test_celery_task_span_parents_its_records_spans_in_process(exporter, tracer, server):
+    celery = pytest.importorskip("celery")
+    ecelery = pytest.importorskip("eventmesh_http_sink.celery")
+    app = celery.Celery("emhs-trace", broker="memory://", backend="cache+memory://")
+    app.conf.task_always_eager = True  # the task body runs here, between the real signals
+    task_spans, receivers = _task_span_signals(tracer)
+    for signal, receiver in receivers:
+        signal.connect(receiver, weak=False)
+    try:
+        task = ecelery.setup_celery(app, HttpSinkConfig(server.url, max_workers=4, tracing=True))
+        summary = task.delay([{"data": {"n": i}, "record_id": f"c{i}"} for i in range(5)]).get()
+    finally:
+        for signal, receiver in receivers:
+            signal.disconnect(receiver)
+        ecelery._close()
+        ecelery._holder = None
+        app.close()
+    assert summary["succeeded"] == 5
+    (task_span,) = task_spans
+    spans = attempt_spans(exporter)
+    assert len(spans) == 5
+    assert all(same_context(s.parent, task_span.get_span_context()) for s in spans)
+    assert {r.headers["traceparent"] for r in server.requests} == {traceparent(s) for s in spans}
+
+
+@pytest.mark.workers
+@pytest.mark.timeout(90)
+def test_celery_worker_task_span_parents_its_records_spans(tmp_path):
+    # A real `celery worker` (prefork, one child) against Redis, exporting its spans to a file.
+    import json
+    import time
+    import uuid
+
+    from eventmesh_http_sink.celery import TASK_NAME
+    from tests.test_workers import REDIS_HOST, REDIS_PORT, _delete_keys, _env, _log_tail, _process, _redis
+    from tests.worker_apps.celery_app import make_app
+
+    client = _redis()
+    run = uuid.uuid4().hex[:10]
+    prefix, queue = f"emhs-test-{run}:", f"emhs-test-{run}"
+    broker = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+    span_file, log = tmp_path / "spans.jsonl", tmp_path / "celery.log"
+    args = [sys.executable, "-m", "celery", "-A", "tests.worker_apps.celery_traced_app", "worker"]
+    args += ["--pool=prefork", "--concurrency=1", "-Q", queue, "-n", f"{run}@%h", "--loglevel=WARNING"]
+    args += ["--without-heartbeat", "--without-gossip", "--without-mingle"]
+    app = make_app(broker, prefix, queue)
+    try:
+        with FaultServer() as server:
+            env = _env(
+                EMHS_BROKER_URL=broker,
+                EMHS_PREFIX=prefix,
+                EMHS_QUEUE=queue,
+                EMHS_SINK_URL=server.url,
+                EMHS_SPAN_FILE=str(span_file),
+            )
+            with _process(args, env, log):
+                results = [
+                    app.send_task(
+                        TASK_NAME, args=[[{"data": b * 10 + i, "record_id": f"t{b}-{i}"} for i in range(5)]]
+                    )
+                    for b in range(2)
+                ]
+                for result in results:
+                    try:
+                        assert result.get(timeout=60)["succeeded"] == 5
+                    except Exception:
+                        pytest.fail(f"task {result.id} did not finish: worker log:\n{_log_tail(log)}")
+                deadline = time.monotonic() + 10  # the task spans end at task_postrun, after the result
+                while time.monotonic() < deadline:
+                    spans = [json.loads(line) for line in span_file.read_text().splitlines()]
+                    if sum(s["name"].startswith("run/") for s in spans) == 2:
+                        break
+                    time.sleep(0.1)
+            received = {r.headers["traceparent"]: r.key for r in server.requests}
+    finally:
+        app.close()
+        _delete_keys(client, f"{prefix}*")
+        _delete_keys(client, f"*{queue}*")
+        client.close()
+    task_ids = {s["span_id"]: s for s in spans if s["name"] == f"run/{TASK_NAME}"}
+    attempts = [s for s in spans if s["kind"] == "CLIENT"]
+    assert len(task_ids) == 2 and len(attempts) == 10, spans
+    assert all(s["parent_id"] in task_ids for s in attempts)
+    assert all(s["pid"] != os.getpid() for s in attempts)  # made in the worker's child, not here
+    # Each task's five records hang under that task's span, and each request carried its span.
+    # traceparent: version-trace_id-span_id-flags (the flags may carry W3C level 2's "random" bit).
+    by_span = {tuple(tp.split("-")[1:3]): key for tp, key in received.items()}
+    assert set(by_span) == {(a["trace_id"], a["span_id"]) for a in attempts}, (received, attempts)
+    for task_span_id in task_ids:
+        keys = {by_span[a["trace_id"], a["span_id"]] for a in attempts if a["parent_id"] == task_span_id}
+        assert len(keys) == 5
+        assert len({k.split("-")[0] for k in keys}) == 1  # all from that task's batch
