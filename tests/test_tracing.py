@@ -434,3 +434,28 @@ def test_celery_worker_task_span_parents_its_records_spans(tmp_path):
         keys = {by_span[a["trace_id"], a["span_id"]] for a in attempts if a["parent_id"] == task_span_id}
         assert len(keys) == 5
         assert len({k.split("-")[0] for k in keys}) == 1  # all from that task's batch
+
+
+def test_the_readme_tracing_example_runs_and_parents_the_attempt(server):
+    import json
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    [code] = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "tracing=True" in b]
+    code = code.replace("https://hooks.example.com/events", server.url)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    decoder, text, spans = json.JSONDecoder(), done.stdout, []
+    while text.strip():  # ConsoleSpanExporter prints one indented JSON document per span
+        span, end = decoder.raw_decode(text.lstrip())
+        spans.append(span)
+        text = text.lstrip()[end:]
+    by_name = {s["name"]: s for s in spans}
+    assert set(by_name) == {"place-order", "POST"}
+    assert by_name["POST"]["parent_id"] == by_name["place-order"]["context"]["span_id"]
+    (request,) = server.requests
+    assert request.headers["traceparent"].split("-")[2] == by_name["POST"]["context"]["span_id"][2:]
