@@ -92,7 +92,7 @@ class AttemptTracer:
         self._tracer = trace.get_tracer("eventmesh_http_sink", __version__)
         self._client = trace.SpanKind.CLIENT
         self._error = trace.StatusCode.ERROR
-        known = method.upper() in _KNOWN_METHODS and method.isupper()
+        known = method in _KNOWN_METHODS  # case-sensitive, as the conventions say
         self._name = method if known else "HTTP"
         self._method_attrs: dict[str, Any] = {"http.request.method": method if known else "_OTHER"}
         if not known:
@@ -104,7 +104,7 @@ class AttemptTracer:
         scheme = parsed.scheme or "http"
         return {
             **self._method_attrs,
-            "server.address": parsed.host or "",
+            "server.address": (parsed.host or "").strip("[]"),  # an IPv6 literal without brackets
             "server.port": parsed.port or _DEFAULT_PORTS.get(scheme, 80),
             "url.full": redact_url(url),
             "network.protocol.version": "1.1",
@@ -135,8 +135,10 @@ class AttemptTracer:
         """
         try:
             parent = caller.run(self._get_current)
-        except RuntimeError:  # this thread is inside that very context already: it is current
-            parent = self._get_current()
+        except RuntimeError:
+            # That context is entered already (its record resolving at close on another
+            # thread, say): a copy holds the same values and is entered by nobody.
+            parent = caller.copy().run(self._get_current)
         span = self._tracer.start_span(self._name, parent, self._client, self._attributes(url, attempt - 1))
         return AttemptSpan(span, self._error), self._with_trace_headers(span, parent, headers)
 
@@ -158,8 +160,8 @@ class AttemptTracer:
         for caller in callers:
             try:
                 span_context = caller.run(get_span).get_span_context()
-            except RuntimeError:  # inside that context already
-                span_context = get_span().get_span_context()
+            except RuntimeError:  # entered already (see start)
+                span_context = caller.copy().run(get_span).get_span_context()
             key = (span_context.trace_id, span_context.span_id)
             if span_context.is_valid and key not in seen:  # records put under one span: one link
                 seen.add(key)

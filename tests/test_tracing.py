@@ -459,3 +459,46 @@ def test_the_readme_tracing_example_runs_and_parents_the_attempt(server):
     assert by_name["POST"]["parent_id"] == by_name["place-order"]["context"]["span_id"]
     (request,) = server.requests
     assert request.headers["traceparent"].split("-")[2] == by_name["POST"]["context"]["span_id"][2:]
+
+
+def test_a_context_entered_elsewhere_still_gives_the_parent(exporter, tracer):
+    # contextvars refuses to enter a context twice (in any thread): close() may be running
+    # a record's callback in its context while a worker starts that record's attempt.
+    import contextvars
+
+    from eventmesh_http_sink.tracing import AttemptTracer
+
+    attempt_tracer = AttemptTracer("POST", ["http://127.0.0.1:9/"])
+    with tracer.start_as_current_span("caller") as caller:
+        captured = contextvars.copy_context()
+
+    def inside() -> None:
+        span, headers = attempt_tracer.start("http://127.0.0.1:9/", {}, captured, 1)
+        span.end(200)
+        batch_span, _ = attempt_tracer.start_batch("http://127.0.0.1:9/", {}, [captured], 1)
+        batch_span.end(200)
+        assert headers["traceparent"] == traceparent(span.span)
+
+    captured.run(inside)  # entered: start() cannot enter it again
+    single, batch = attempt_spans(exporter)
+    assert same_context(single.parent, caller.get_span_context())
+    assert [link.context.span_id for link in batch.links] == [caller.get_span_context().span_id]
+
+
+def test_the_callers_tracestate_goes_out_with_the_request(exporter, server):
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState, use_span
+
+    upstream = SpanContext(
+        0x1234, 0x5678, is_remote=True, trace_flags=TraceFlags(1), trace_state=TraceState([("vendor", "v1")])
+    )
+    # use_span: as if the context had been extracted from an incoming request.
+    with (
+        HttpSinkConnector(HttpSinkConfig(server.url, tracing=True)) as sink,
+        use_span(NonRecordingSpan(upstream)),
+    ):
+        sink.put(ConnectRecord(1)).result(10)
+    (span,) = attempt_spans(exporter)
+    (request,) = server.requests
+    assert span.context.trace_id == 0x1234
+    assert request.headers["traceparent"] == traceparent(span)
+    assert request.headers["tracestate"] == "vendor=v1"
