@@ -194,13 +194,16 @@ def test_a_method_outside_the_standard_set_is_other(exporter, server):
     assert span.attributes["http.request.method_original"] == "NOTIFY"
 
 
-def test_a_configured_traceparent_header_is_replaced_not_doubled(exporter, tracer, server):
-    config = HttpSinkConfig(server.url, headers={"TraceParent": "00-bogus"}, tracing=True)
-    with HttpSinkConnector(config) as sink, tracer.start_as_current_span("caller"):
-        sink.put(ConnectRecord(1)).result(10)
+def test_a_configured_traceparent_header_is_replaced_not_doubled(exporter, tracer):
+    from tests.wire_servers import ScriptServer  # keeps every header line, duplicates included
+
+    with ScriptServer() as srv:
+        config = HttpSinkConfig(srv.url, headers={"TraceParent": "00-bogus"}, tracing=True)
+        with HttpSinkConnector(config) as sink, tracer.start_as_current_span("caller"):
+            sink.put(ConnectRecord(1)).result(10)
+        (request,) = srv.requests
     (span,) = attempt_spans(exporter)
-    (request,) = server.requests
-    assert request.headers["traceparent"] == traceparent(span)
+    assert request.header("traceparent") == [traceparent(span).encode()]
 
 
 # -- broadcast and batches -----------------------------------------------------------------
@@ -462,8 +465,8 @@ def test_the_readme_tracing_example_runs_and_parents_the_attempt(server):
 
 
 def test_a_context_entered_elsewhere_still_gives_the_parent(exporter, tracer):
-    # contextvars refuses to enter a context twice (in any thread): close() may be running
-    # a record's callback in its context while a worker starts that record's attempt.
+    # contextvars refuses to enter a context that is entered already, in any thread: close()
+    # may run a record's callback in its context while a worker starts that record's attempt.
     import contextvars
 
     from eventmesh_http_sink.tracing import AttemptTracer
@@ -471,15 +474,26 @@ def test_a_context_entered_elsewhere_still_gives_the_parent(exporter, tracer):
     attempt_tracer = AttemptTracer("POST", ["http://127.0.0.1:9/"])
     with tracer.start_as_current_span("caller") as caller:
         captured = contextvars.copy_context()
+    entered, release = threading.Event(), threading.Event()
 
-    def inside() -> None:
+    def hold() -> None:
+        entered.set()
+        release.wait(10)
+
+    holder = threading.Thread(target=captured.run, args=(hold,))
+    holder.start()
+    try:
+        assert entered.wait(10)
+        with pytest.raises(RuntimeError):
+            captured.run(lambda: None)  # what start() meets
         span, headers = attempt_tracer.start("http://127.0.0.1:9/", {}, captured, 1)
         span.end(200)
         batch_span, _ = attempt_tracer.start_batch("http://127.0.0.1:9/", {}, [captured], 1)
         batch_span.end(200)
-        assert headers["traceparent"] == traceparent(span.span)
-
-    captured.run(inside)  # entered: start() cannot enter it again
+    finally:
+        release.set()
+        holder.join()
+    assert headers["traceparent"] == traceparent(span.span)
     single, batch = attempt_spans(exporter)
     assert same_context(single.parent, caller.get_span_context())
     assert [link.context.span_id for link in batch.links] == [caller.get_span_context().span_id]
