@@ -39,7 +39,10 @@ from .errors import ConfigError, HttpStatusError
 from .redact import redact_url
 
 if TYPE_CHECKING:
+    import attrs
     from opentelemetry.trace import Span
+
+    from .config import HttpSinkConfig
 
 __all__ = ["AttemptSpan", "AttemptTracer", "attempt_tracer", "check_tracing"]
 
@@ -49,7 +52,7 @@ _KNOWN_METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATC
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def check_tracing(inst: object, attr: Any, value: Any) -> None:
+def check_tracing(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
     """The ``tracing`` field's validator: a bool, and ``True`` only with the ``otel`` extra.
 
     Raises:
@@ -65,7 +68,7 @@ def check_tracing(inst: object, attr: Any, value: Any) -> None:
             raise ConfigError(attr.name, _INSTALL_HINT) from None
 
 
-def attempt_tracer(config: Any) -> AttemptTracer | None:
+def attempt_tracer(config: HttpSinkConfig) -> AttemptTracer | None:
     """The connector's tracer: ``None`` unless ``config.tracing`` (so nothing is imported)."""
     if not config.tracing:
         return None
