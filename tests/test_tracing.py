@@ -264,6 +264,24 @@ def test_a_failed_batch_span_is_an_error(exporter, server):
     assert not span.links
 
 
+def test_a_resent_batch_is_a_new_span_with_its_resend_count(exporter, tracer, server):
+    server.script(Reply(503, headers={"Retry-After": "0"}))  # the first batch request only
+    config = HttpSinkConfig(
+        server.url, batch=BatchConfig(max_records=2, linger=5.0), retry=FAST_RETRY, tracing=True
+    )
+    with HttpSinkConnector(config) as sink, tracer.start_as_current_span("caller") as caller:
+        futures = [sink.put(ConnectRecord(i)) for i in range(2)]
+        assert all(f.result(10).attempts == 2 for f in futures)  # both back in one batch
+    first, second = sorted(attempt_spans(exporter), key=lambda s: s.start_time)
+    assert first.attributes["error.type"] == "503"
+    assert "http.request.resend_count" not in first.attributes
+    assert second.attributes["http.request.resend_count"] == 1
+    assert second.status.status_code is StatusCode.UNSET
+    for span in (first, second):
+        assert [link.context.span_id for link in span.links] == [caller.get_span_context().span_id]
+    assert [r.headers["traceparent"] for r in server.requests] == [traceparent(first), traceparent(second)]
+
+
 # -- off, and absent -----------------------------------------------------------------------
 
 
