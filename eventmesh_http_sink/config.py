@@ -55,6 +55,7 @@ from .outcomes.result_store import ResultStoreConfig
 from .redact import redact_text, redact_url
 from .scheduling.breaker import CircuitBreakerConfig
 from .signing import SIGNATURE_HEADERS, WebhookSigner
+from .tracing import check_tracing as _check_tracing
 from .wire.headers import check_header, merge_headers
 
 __all__ = ["DEFAULT_SENSITIVE_HEADERS", "HttpSinkConfig", "RetryConfig", "check_header"]
@@ -236,6 +237,8 @@ class HttpSinkConfig:
             that keeps failing.
         signing: A :class:`WebhookSigner` to sign every request per Standard Webhooks
             (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``); ``None`` signs nothing.
+        tracing: Make every attempt an OpenTelemetry CLIENT span under the span current
+            at ``put`` and send ``traceparent``; needs the ``otel`` extra (README, "Tracing").
     """
 
     urls: tuple[str, ...] = attrs.field(converter=_to_urls)
@@ -340,6 +343,10 @@ class HttpSinkConfig:
             for name in self.headers:
                 if name.lower() in SIGNATURE_HEADERS:
                     raise ConfigError("headers", f"has {name!r}, which signing sets on every request")
+
+    # OpenTelemetry (README, "Tracing"); the logic lives in tracing.py, which imports
+    # opentelemetry only when this is True.
+    tracing: bool = attrs.field(default=False, validator=_check_tracing, kw_only=True)
 
     @urls.validator
     def _check_urls(self, attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
