@@ -56,6 +56,7 @@ from .outcomes.result_store import ResultStore
 from .records import ConnectRecord, encode_data, encode_extensions
 from .results import SendExceptionContext, SendResult
 from .scheduling.retry import RetryPolicy, RetryScheduler
+from .tracing import attempt_tracer
 from .wire.headers import base_headers
 from .wire.request_options import RequestOptions, status_error
 from .wire.transport import RequestsTransport, Transport, Urllib3Transport, reset_session_pools_after_fork
@@ -225,6 +226,7 @@ class HttpSinkConnector(DeliveryMixin):
             config.urls, config.delivery_strategy, config.failover_threshold, config.failover_cooldown
         )
         self._opts = RequestOptions(config)
+        self._tracer = attempt_tracer(config)  # None unless tracing=True (tracing.py)
         self._state = _NEW
         self._state_lock = threading.Lock()
         self._rt: _Runtime | None = None
@@ -449,11 +451,17 @@ class HttpSinkConnector(DeliveryMixin):
         future._url = url
         future._attempts += 1
         rt.sending.add(future)
+        headers, signer = future._hdrs, self.config.signing
+        if signer is not None:  # Standard Webhooks: signed per attempt over the bytes sent (signing.py)
+            headers = signer.sign_headers(headers, future._rec.record_id, future._body, time.time())
+        span = None
+        if self._tracer is not None:  # tracing: this attempt's span, its traceparent in the headers
+            span, headers = self._tracer.start(url, headers, future._ctx, future._attempts)
         try:
             if self._opts.passthrough:
-                response = rt.transport.send(self._method, url, future._body, future._hdrs)
+                response = rt.transport.send(self._method, url, future._body, headers)
             else:
-                response = self._opts.send(rt.transport, self._method, url, future._body, future._hdrs)
+                response = self._opts.send(rt.transport, self._method, url, future._body, headers)
         except SinkError as exc:
             error = exc
         except Exception as exc:  # a transport bug must not lose the record's outcome
@@ -462,6 +470,8 @@ class HttpSinkConnector(DeliveryMixin):
         else:
             status = response.status
             if 200 <= status < 300:
+                if span is not None:  # tracing
+                    span.end(status)
                 result = SendResult(
                     future._rec.record_id,
                     future._rec.topic,
@@ -477,6 +487,8 @@ class HttpSinkConnector(DeliveryMixin):
                 self._resolve(future, result)
                 return True
             error = status_error(response, url)
+        if span is not None:  # tracing
+            span.end(error.status, error)
         rt.hooks.after_attempt(future._rec, future._attempts, url, None, error)
         rt.sending.discard(future)
         self._strategy.report(future, url, error, self._policy.is_retryable(error))

@@ -10,7 +10,6 @@ Every unit still resolves through the connector's once-only ``_resolve``.
 
 from __future__ import annotations
 
-import contextvars
 import copy
 import logging
 import time
@@ -27,6 +26,7 @@ if TYPE_CHECKING:
     from eventmesh_http_sink.connector import _RecordFuture, _Runtime
     from eventmesh_http_sink.dispatch.strategies import Strategy
     from eventmesh_http_sink.scheduling.retry import RetryPolicy
+    from eventmesh_http_sink.tracing import AttemptTracer
     from eventmesh_http_sink.wire.request_options import RequestOptions
 
 __all__ = ["DeliveryMixin"]
@@ -54,6 +54,7 @@ class DeliveryMixin:
         _policy: RetryPolicy
         _base_headers: dict[str, str]
         _method: str
+        _tracer: AttemptTracer | None
 
         def _resolve(self, future: _RecordFuture, outcome: SendResult | SinkError) -> bool: ...
         def _enqueue(self, rt: _Runtime, future: _RecordFuture) -> None: ...
@@ -70,8 +71,9 @@ class DeliveryMixin:
         join = BroadcastJoin(future, urls, self._resolve)
         children = []
         for url in urls:
-            # An empty context of its own: the parent's is entered when the join resolves it.
-            child = _RecordFuture(future._rec, future._body, future._hdrs, contextvars.Context())
+            # A context object of its own (two children may resolve at once, and one context
+            # cannot be entered twice); a copy, so tracing sees the span current at put.
+            child = _RecordFuture(future._rec, future._body, future._hdrs, future._ctx.copy())
             child._pin = url
             child._item = future._item
             child._t0 = future._t0
@@ -130,10 +132,17 @@ class DeliveryMixin:
         headers["Idempotency-Key"] = batch_key([u._rec.record_id for u in units])
         self._opts.batch_headers(headers)
         body = self._opts.compress(body, headers)
+        signer = self.config.signing
+        if signer is not None:  # Standard Webhooks: per attempt, over the bytes sent (signing.py)
+            headers = signer.sign_headers(headers, headers["Idempotency-Key"], body, time.time())
         for unit in units:
             unit._url = url
             unit._attempts += 1
         rt.sending.update(units)
+        span = None
+        if self._tracer is not None:  # tracing: one span linked to every record's parent
+            attempt = min(u._attempts for u in units)
+            span, headers = self._tracer.start_batch(url, headers, [u._ctx for u in units], attempt)
         errors: list[SinkError | None]
         status = 0
         try:
@@ -154,6 +163,9 @@ class DeliveryMixin:
                 )
             else:
                 errors = [None] * len(units)
+        if span is not None:  # tracing: the request's outcome (status 0: no response was read)
+            failed = not 200 <= status < 300  # a record the result parser refused is not the request's
+            span.end(status or None, errors[0] if failed else None)
         rt.sending.difference_update(units)
         now = time.monotonic()
         for unit, outcome in zip(units, errors, strict=True):

@@ -97,7 +97,11 @@ class Transport(Protocol):
 
 
 def map_urllib3_error(exc: BaseException, url: str) -> SinkError:
-    """Classify a urllib3 (or socket) exception as the sink's error, cause attached."""
+    """Classify a urllib3 (or socket) exception as the sink's error, cause attached.
+
+    Messages name ``url`` as given: :class:`SinkError` redacts its query values
+    (and any in the library's text) when the error is built.
+    """
     err: SinkError
     # Order matters: NewConnectionError subclasses ConnectTimeoutError in urllib3 2.x.
     if isinstance(exc, u3e.NewConnectionError):
