@@ -36,6 +36,7 @@ from .outcomes.result_store import ResultStoreConfig
 from .records import ConnectRecord
 from .results import SendExceptionContext, SendMessageCallback, SendResult
 from .scheduling.breaker import CircuitBreakerConfig
+from .signing import WebhookSigner
 from .stats import SinkStats
 from .wire.transport import RequestsTransport, Response, Transport, Urllib3Transport
 
@@ -79,6 +80,7 @@ __all__ = [
     "UnknownOptionError",
     "UrlStats",
     "Urllib3Transport",
+    "WebhookSigner",
     "__version__",
     "deliver_batch",
     "records_from_dicts",

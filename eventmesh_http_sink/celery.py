@@ -25,6 +25,12 @@ apply, but it is not tested here (eventlet is in maintenance mode upstream, whic
 advises moving off it): prefer gevent. With the threads and gevent pools, the
 end-of-task flush waits for every record pending in the process, other tasks'
 too; pass ``flush_after_task=False`` if tasks wait for their own records.
+
+Tracing: with ``HttpSinkConfig(tracing=True)`` the records a task puts are traced
+under the span current in the task body, so with Celery instrumented for
+OpenTelemetry (``opentelemetry-instrumentation-celery``, which makes each task's
+span current while it runs) the task's span is the parent of every attempt span
+of its records, whichever worker thread sends them. Nothing here needs to know.
 """
 
 from __future__ import annotations

@@ -54,6 +54,8 @@ from .errors import ConfigError
 from .outcomes.result_store import ResultStoreConfig
 from .redact import redact_text, redact_url
 from .scheduling.breaker import CircuitBreakerConfig
+from .signing import SIGNATURE_HEADERS, WebhookSigner
+from .tracing import check_tracing as _check_tracing
 from .wire.headers import check_header, merge_headers
 
 __all__ = ["DEFAULT_SENSITIVE_HEADERS", "HttpSinkConfig", "RetryConfig", "check_header"]
@@ -233,6 +235,10 @@ class HttpSinkConfig:
             From 0.01 (one request per 100 s) to 1,000,000; ``None`` for no limit.
         circuit_breaker: A :class:`CircuitBreakerConfig` to stop sending to a URL
             that keeps failing.
+        signing: A :class:`WebhookSigner` to sign every request per Standard Webhooks
+            (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``); ``None`` signs nothing.
+        tracing: Make every attempt an OpenTelemetry CLIENT span under the span current
+            at ``put`` and send ``traceparent``; needs the ``otel`` extra (README, "Tracing").
     """
 
     urls: tuple[str, ...] = attrs.field(converter=_to_urls)
@@ -325,6 +331,22 @@ class HttpSinkConfig:
     circuit_breaker: CircuitBreakerConfig | None = attrs.field(
         default=None, validator=_optional(_instance_of(CircuitBreakerConfig)), kw_only=True
     )
+    # Standard Webhooks signatures (README, "Signed webhooks"); the logic lives in signing.py.
+    signing: WebhookSigner | None = attrs.field(default=None, kw_only=True)
+
+    @signing.validator
+    def _check_signing(self, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None and not isinstance(value, WebhookSigner):
+            # Never repr the value: it may be the secret itself, given without the wrapper.
+            raise ConfigError("signing", f"must be a WebhookSigner('whsec_...'), got {type(value).__name__}")
+        if value is not None:
+            for name in self.headers:
+                if name.lower() in SIGNATURE_HEADERS:
+                    raise ConfigError("headers", f"has {name!r}, which signing sets on every request")
+
+    # OpenTelemetry (README, "Tracing"); the logic lives in tracing.py, which imports
+    # opentelemetry only when this is True.
+    tracing: bool = attrs.field(default=False, validator=_check_tracing, kw_only=True)
 
     @urls.validator
     def _check_urls(self, attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:

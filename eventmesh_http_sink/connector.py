@@ -42,6 +42,7 @@ from eventmesh_http_sink.results import SendResult
 from eventmesh_http_sink.runtime import CLOSED, OPEN, ProcessRuntime, Runtime, is_requests_session
 from eventmesh_http_sink.scheduling.retry import RetryPolicy
 from eventmesh_http_sink.stats import SinkStats
+from eventmesh_http_sink.tracing import attempt_tracer
 from eventmesh_http_sink.wire.headers import base_headers
 from eventmesh_http_sink.wire.request_options import RequestOptions
 from eventmesh_http_sink.wire.transport import RequestsTransport, Transport, Urllib3Transport
@@ -82,6 +83,7 @@ class HttpSinkConnector:
             config.urls, config.delivery_strategy, config.failover_threshold, config.failover_cooldown
         )
         self._opts = RequestOptions(config)
+        self._tracer = attempt_tracer(config)  # None unless tracing=True (tracing.py)
         self._policy = RetryPolicy(config.retry)
         rs = config.result_store
         self._store = None if rs is None else ResultStore(rs.max_size)
@@ -90,8 +92,6 @@ class HttpSinkConnector:
         self._process = ProcessRuntime(
             self._new_runtime,
             session=transport if is_requests_session(transport) else None,
-            # Temporary, until each helper re-creates its own lock at fork (forksafe).
-            fork_helpers=(self._strategy, getattr(self._opts, "_token", None), self._store),
             close_at_exit=self._close_at_exit,
         )
 
@@ -122,6 +122,7 @@ class HttpSinkConnector:
             options=self._opts,
             policy=self._policy,
             base_headers=self._base_headers,
+            tracer=self._tracer,
         )
 
     def _new_transport(self) -> Transport:

@@ -6,11 +6,19 @@ or the socket's). Errors raised synchronously by :meth:`put` (bad record,
 full queue, closed sink) and by configuration are ``SinkError`` too, and also
 derive from the builtin a caller would naturally catch (``ValueError``,
 ``TypeError``), so ``except ValueError`` keeps working.
+
+A message may name the URL of an attempt, and URLs often carry a credential in
+their query string: every message is passed through
+:func:`~eventmesh_http_sink.redact.redact_text` when the error is built, so
+``str``, ``repr`` and log lines show ``?api_key=***``. The ``url``
+attribute keeps the URL as configured, for code that routes on it.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from eventmesh_http_sink.redact import redact_text
 
 __all__ = [
     "BatchRecordError",
@@ -45,6 +53,7 @@ class SinkError(Exception):
     retryable: bool = False
 
     def __init__(self, message: str, *, url: str | None = None, status: int | None = None) -> None:
+        message = redact_text(message)  # one place for every message built anywhere
         super().__init__(message)
         self.message = message
         self.url = url
@@ -77,7 +86,7 @@ class ConfigError(SinkError, ValueError):
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(f"{field}: {reason}")
         self.field = field
-        self.reason = reason
+        self.reason = redact_text(reason)
 
 
 class UnknownOptionError(ConfigError, TypeError):

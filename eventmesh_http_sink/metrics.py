@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 import attrs
 
+from . import forksafe
 from .errors import HttpStatusError
 
 __all__ = ["HistogramSnapshot", "LatencyHistogram", "Metrics", "UrlStats", "error_kind"]
@@ -117,6 +118,11 @@ class Metrics:
         self._urls: dict[str, list[int]] = {}  # url -> [succeeded, failed, retried]
         self._retries: dict[str, int] = {}
         self._failures: dict[str, int] = {}
+        forksafe.register(self)
+
+    def after_fork_in_child(self) -> None:
+        """A parent thread may have held the lock at the fork: a fresh one for the child."""
+        forksafe.reinit(self._lock)
 
     def outcome(
         self, url: str | None, elapsed: float, error: BaseException | None, copy: bool = False

@@ -42,6 +42,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
+from . import forksafe
 from .connector import HttpSinkConnector
 from .redact import url_label
 
@@ -66,7 +67,7 @@ _GAUGES = (
 
 # One collector per registry (held weakly: a registry that goes, goes).
 _COLLECTORS: weakref.WeakKeyDictionary[Any, SinkCollector] = weakref.WeakKeyDictionary()
-_LOCK = threading.Lock()
+_LOCK = forksafe.module_lock()
 
 
 class SinkCollector:
@@ -78,6 +79,11 @@ class SinkCollector:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sinks: dict[str, weakref.ref[HttpSinkConnector]] = {}  # sink label -> connector
+        forksafe.register(self)
+
+    def after_fork_in_child(self) -> None:
+        """A scrape may have held the lock at the fork: a fresh one for the child."""
+        forksafe.reinit(self._lock)
 
     def add(self, connector: HttpSinkConnector, sink: str) -> None:
         """Serve ``connector`` under label ``sink``.

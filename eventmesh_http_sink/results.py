@@ -8,6 +8,7 @@ from typing import Protocol, runtime_checkable
 import attrs
 
 from .errors import SinkError
+from .redact import redact_url
 
 __all__ = ["SendExceptionContext", "SendMessageCallback", "SendResult"]
 
@@ -38,13 +39,18 @@ class SendResult:
 
     def __repr__(self) -> str:
         return (
-            f"SendResult(record_id={self.record_id!r}, topic={self.topic!r}, url={self.url!r}, "
+            f"SendResult(record_id={self.record_id!r}, topic={self.topic!r}, url={_shown(self.url)!r}, "
             f"status={self.status}, attempts={self.attempts}, elapsed={self.elapsed:.3f}, "
             f"response_body=<{len(self.response_body)} bytes>)"
         )
 
 
-@attrs.frozen
+def _shown(url: str | None) -> str | None:
+    # The attribute keeps the URL as configured; a repr must be safe to log.
+    return None if url is None else redact_url(url)
+
+
+@attrs.frozen(repr=False)
 class SendExceptionContext:
     """A record finally failed, or was cancelled at close.
 
@@ -66,6 +72,13 @@ class SendExceptionContext:
     attempts: int
     elapsed: float
     status: int | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"SendExceptionContext(record_id={self.record_id!r}, topic={self.topic!r}, "
+            f"url={_shown(self.url)!r}, error={self.error!r}, attempts={self.attempts}, "
+            f"elapsed={self.elapsed:.3f}, status={self.status})"
+        )
 
 
 @runtime_checkable

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from eventmesh_http_sink.dispatch.unit import Unit
     from eventmesh_http_sink.outcomes.result_store import ResultStore
     from eventmesh_http_sink.scheduling.retry import RetryPolicy
+    from eventmesh_http_sink.tracing import AttemptTracer
     from eventmesh_http_sink.wire.request_options import RequestOptions
     from eventmesh_http_sink.wire.transport import Transport
 
@@ -64,6 +65,7 @@ class Runtime:
         options: RequestOptions,
         policy: RetryPolicy,
         base_headers: dict[str, str],
+        tracer: AttemptTracer | None = None,
     ) -> None:
         self.pid = os.getpid()
         self.transport = transport
@@ -80,6 +82,7 @@ class Runtime:
             options=options,
             policy=policy,
             base_headers=base_headers,
+            tracer=tracer,
         )
 
     def submit(self, unit: Unit, max_pending: int, wait: float | None, closed: Callable[[], bool]) -> None:
@@ -166,9 +169,6 @@ class ProcessRuntime:
             methods are held weakly here, so the handle never keeps its connector alive.
         session: The caller's ``requests.Session``, if any: a forked child drops
             its copies of the parent's pooled sockets.
-        fork_helpers: Connector-level helpers whose ``_lock`` a parent thread may
-            hold at fork. Temporary: each helper re-creates its own lock at fork
-            once ``forksafe`` lands, and this goes.
         close_at_exit: Called at interpreter exit when still open (held like ``build``).
     """
 
@@ -177,12 +177,10 @@ class ProcessRuntime:
         build: Callable[[], Runtime],
         *,
         session: object | None = None,
-        fork_helpers: tuple[object, ...] = (),
         close_at_exit: Callable[[], None] | None = None,
     ) -> None:
         self._build = _weakly(build)
         self._session = session
-        self._fork_helpers = fork_helpers
         self._close_at_exit = None if close_at_exit is None else _weakly(close_at_exit)
         self._lock = threading.Lock()
         self._state = NEW
@@ -236,9 +234,6 @@ class ProcessRuntime:
         if session is not None and id(session) not in reset_sessions:
             reset_sessions.add(id(session))
             reset_session_pools_after_fork(session)  # type: ignore[arg-type]
-        for helper in self._fork_helpers:
-            if isinstance(getattr(helper, "_lock", None), _LOCK_TYPE):
-                helper._lock = threading.Lock()  # type: ignore[attr-defined]
 
     def _exit(self) -> None:
         close = None if self._close_at_exit is None else self._close_at_exit()
@@ -263,7 +258,6 @@ def is_requests_session(obj: object) -> bool:
 _HANDLES: weakref.WeakSet[ProcessRuntime] = weakref.WeakSet()
 # Runtimes inherited through fork() are kept, never collected (see the module docstring).
 _INHERITED: list[Runtime] = []
-_LOCK_TYPE = type(threading.Lock())
 
 
 def _after_fork_in_child() -> None:

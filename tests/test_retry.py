@@ -156,6 +156,12 @@ def test_parse_retry_after():
     assert parse_retry_after(past, now=now) == 0.0
 
 
+def test_parse_retry_after_survives_dates_and_numbers_out_of_range():
+    # email.utils raises OverflowError for a huge year: that is "not a date", not a crash.
+    assert parse_retry_after("Mon, 01 Jan 99999999999999999999 00:00:00 GMT") is None
+    assert parse_retry_after("9" * 400) == float("inf")  # RetryPolicy gives up: past max_elapsed
+
+
 def test_scheduler_orders_by_due_time_and_stops():
     seen: list[str] = []
     scheduler: RetryScheduler[str] = RetryScheduler(seen.append)

@@ -21,11 +21,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from eventmesh_http_sink.config import DEFAULT_SENSITIVE_HEADERS, HttpSinkConfig, RetryConfig
 from eventmesh_http_sink.dispatch.batching import BatchConfig
 from eventmesh_http_sink.errors import ConfigError, SinkError
+from eventmesh_http_sink.redact import redact_text, redact_url
+from eventmesh_http_sink.signing import WebhookSigner
 from eventmesh_http_sink.testing import FaultServer, RandomFaults, Reply, RequestLog
 
 from .lines import LineReader
@@ -62,6 +63,12 @@ def _add_delivery_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--header", action="append", default=[], metavar="K:V", help="extra header (repeatable)")
     g.add_argument("--bearer-token-env", metavar="VAR", help="send Authorization: Bearer $VAR")
+    g.add_argument(
+        "--signing-secret-env",
+        metavar="VAR",
+        help="sign every request (Standard Webhooks) with the whsec_... secret in $VAR"
+        " (several, space-separated, while rotating)",
+    )
     g.add_argument("--batch", type=int, metavar="N", help="send up to N records per request")
     g.add_argument(
         "--encoding",
@@ -114,6 +121,7 @@ _FLAG_OF_FIELD = {
     "delivery_strategy": "--strategy",
     "rate_limit": "--rate-limit",
     "dead_letter": "--dead-letter",
+    "signing": "--signing-secret-env",
 }
 
 
@@ -148,6 +156,8 @@ def build_config(args: argparse.Namespace) -> HttpSinkConfig:
         if not token:
             raise UsageError(f"--bearer-token-env: environment variable {args.bearer_token_env} is not set")
         kwargs["bearer_token"] = token
+    if args.signing_secret_env:
+        kwargs["signing"] = signer_from_env(args.signing_secret_env, "--signing-secret-env")
     if args.encoding is not None:
         kwargs["encoding"] = args.encoding
         if args.encoding.startswith("cloudevents"):
@@ -170,25 +180,22 @@ def build_config(args: argparse.Namespace) -> HttpSinkConfig:
         raise _flag_error(exc) from None
 
 
-def _redact_url(url: str) -> str:
-    # Query strings often carry API keys: show their values as ***.
-    parts = urlsplit(url)
-    if not parts.query:
-        return url
-    query = "&".join(f"{k}=***" for k, _ in parse_qsl(parts.query, keep_blank_values=True))
-    return urlunsplit(parts._replace(query=query))
+def signer_from_env(var: str, flag: str) -> WebhookSigner:
+    """The :class:`WebhookSigner` of the secret(s) in environment variable ``var``.
 
+    Several secrets (rotation) are separated by whitespace.
 
-def _redactor(args: argparse.Namespace) -> Callable[[str], str]:
-    # Error messages name the URL: show it as _redact_url does.
-    pairs = [(u, _redact_url(u)) for u in args.url.split(",") if u and _redact_url(u) != u]
-
-    def redact(text: str) -> str:
-        for url, shown in pairs:
-            text = text.replace(url, shown)
-        return text
-
-    return redact
+    Raises:
+        UsageError: naming ``flag``: the variable is unset or empty, or a secret is
+            malformed (the message never shows the secret).
+    """
+    secrets = os.environ.get(var, "").split()
+    if not secrets:
+        raise UsageError(f"{flag}: environment variable {var} is not set")
+    try:
+        return WebhookSigner(*secrets)
+    except ConfigError as exc:
+        raise UsageError(f"{flag}: ${var}: {exc.reason}") from None
 
 
 def _prog_command() -> str:
@@ -210,6 +217,7 @@ def _delivery_args(args: argparse.Namespace) -> list[str]:
         out += ["--header", f"{name.strip()}: {shown}"]
     for flag, value in (
         ("--bearer-token-env", args.bearer_token_env),
+        ("--signing-secret-env", args.signing_secret_env),
         ("--batch", args.batch),
         ("--encoding", args.encoding),
         ("--strategy", args.strategy),
@@ -222,7 +230,7 @@ def _delivery_args(args: argparse.Namespace) -> list[str]:
 
 def _shown_url(args: argparse.Namespace) -> tuple[str, str]:
     """The URL argument for a suggested command, and a note when query values are hidden."""
-    shown = ",".join(_redact_url(u) for u in args.url.split(","))
+    shown = ",".join(redact_url(u) for u in args.url.split(","))
     return shown, ("  (query values shown as ***: put yours back)" if shown != args.url else "")
 
 
@@ -330,7 +338,7 @@ def _deliver(args: argparse.Namespace, command: str) -> int:
             resend=_resend(args),
             rest=_rest(args, command),
             total=_count_lines(fd) if show_bar else None,
-            redact=_redactor(args),
+            redact=redact_text,
         )
         return run(settings, config, lambda stop: LineReader.from_fd(fd, stop))
     finally:
@@ -354,12 +362,16 @@ def cmd_receive(args: argparse.Namespace) -> int:
         raise UsageError("--fail-rate must be between 0 and 1")
     if args.latency_ms < 0:
         raise UsageError("--latency-ms must be >= 0")
+    verifier = None
+    if args.verify_secret_env:
+        verifier = signer_from_env(args.verify_secret_env, "--verify-secret-env")
     with StopRequest() as stop:
         try:
             receiver = Receiver(
                 RandomFaults(args.fail_rate, args.latency_ms / 1000.0, seed=args.seed),
                 args.out,
                 on_stdout_gone=stop.event.set,
+                verifier=verifier,
             )
         except OSError as exc:
             raise UsageError(f"cannot write {args.out}: {exc.strerror}") from None
@@ -380,6 +392,8 @@ def cmd_receive(args: argparse.Namespace) -> int:
     message = f"received {receiver.count} request(s)"
     if receiver.unwritten:
         message += f"; {receiver.unwritten} could not be written and were answered 500"
+    if verifier is not None:
+        message += f"; signatures: {receiver.verified} verified, {receiver.unverified} failed (answered 401)"
     write_err(message + "\n")
     return 0
 
@@ -512,6 +526,12 @@ def make_parser() -> tuple[_Parser, dict[str, _Parser]]:
     p.add_argument("--latency-ms", type=float, default=0.0, help="added latency per request")
     p.add_argument("--seed", type=int, default=None, help="seed of the fault mix")
     p.add_argument("--out", metavar="FILE", help="append requests as JSON lines instead of printing")
+    p.add_argument(
+        "--verify-secret-env",
+        metavar="VAR",
+        help="check each request's Standard Webhooks signature with the whsec_... secret(s) in $VAR;"
+        " answer 401 to those that do not verify",
+    )
     p.set_defaults(func=cmd_receive)
     subs["receive"] = p
 
@@ -541,11 +561,18 @@ def _version() -> str:
     return __version__
 
 
+class _RedactingFormatter(logging.Formatter):
+    """Formats as usual, then hides URL query values: the lines (tracebacks included) may name URLs."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
+
+
 def _configure_logging(verbose: int) -> tuple[logging.Handler, int]:
     # The library adds no handler; the command shows errors, and more with -v.
     level = logging.ERROR if verbose <= 0 else logging.WARNING if verbose == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger = logging.getLogger("eventmesh_http_sink")
     previous = logger.level
     logger.addHandler(handler)

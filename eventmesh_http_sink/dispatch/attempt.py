@@ -10,9 +10,12 @@ step held gets an outcome (the once-only resolver makes a second one
 impossible), and the in-flight mark is given back in a ``finally``. The worker
 loop around it never sees an exception.
 
-After the request, :meth:`Attempts._settle` is the one sequence for every
-record of the attempt: the result store and breaker hooks, the strategy's
-report, then the outcome or a retry on the timer.
+:meth:`Attempts.request` is the one per-attempt seam of both paths, where the
+final headers and body are known: the Standard Webhooks signature, the
+attempt's OpenTelemetry span (its ``traceparent`` in the headers), the send,
+the span's end. After it, :meth:`Attempts._settle` is the one sequence for
+every record of the attempt: the result store and breaker hooks, the
+strategy's report, then the outcome or a retry on the timer.
 """
 
 from __future__ import annotations
@@ -37,12 +40,17 @@ if TYPE_CHECKING:
     from eventmesh_http_sink.outcomes.hooks import Hooks
     from eventmesh_http_sink.outcomes.resolver import Resolver
     from eventmesh_http_sink.scheduling.retry import RetryPolicy, RetryScheduler
+    from eventmesh_http_sink.tracing import AttemptSpan, AttemptTracer
     from eventmesh_http_sink.wire.request_options import RequestOptions
     from eventmesh_http_sink.wire.transport import Response, Transport
 
 __all__ = ["Attempts"]
 
 _log = logging.getLogger("eventmesh_http_sink")
+
+
+# The outcome of a request that raised before it had one (only seen by the span's end).
+_NOT_SENT = SinkError("the attempt raised before it had an outcome")
 
 
 def _own_copy(error: SinkError) -> SinkError:
@@ -70,6 +78,7 @@ class Attempts:
         closing: Whether ``close`` reached its deadline: no attempt starts after it.
         next_index: The round-robin counter.
         base_headers: The connector's headers (batch requests start from them).
+        tracer: The OpenTelemetry attempt tracer (``None`` unless ``tracing=True``).
     """
 
     def __init__(
@@ -88,8 +97,11 @@ class Attempts:
         closing: Callable[[], bool],
         next_index: Callable[[], int],
         base_headers: dict[str, str],
+        tracer: AttemptTracer | None = None,
     ) -> None:
         self._config = config
+        self._signer = config.signing
+        self._tracer = tracer
         self._transport = transport
         self._options = options
         self._passthrough = options.passthrough
@@ -164,11 +176,13 @@ class Attempts:
         unit.url = url
         unit.attempts += 1
         self._sending.add(unit)
-        response, error = self.exchange(url, unit.body, unit.headers)
+        tracer = self._tracer
+        trace = None
+        if tracer is not None:
+            context, attempts = unit.context, unit.attempts
+            trace = lambda headers: tracer.start(url, headers, context, attempts)  # noqa: E731
+        response, error = self.request(url, unit.body, unit.headers, unit.record.record_id, trace)
         self._sending.discard(unit)
-        if response is not None and not 200 <= response.status < 300:
-            error = status_error(response, url)
-            response = None
         return self._settle(unit, url, response, error, time.monotonic())
 
     # -- batches ---------------------------------------------------------------------------
@@ -194,13 +208,16 @@ class Attempts:
             unit.url = url
             unit.attempts += 1
         self._sending.update(units)
-        response, error = self.exchange(url, body, headers)
+        tracer = self._tracer
+        trace = None
+        if tracer is not None:  # one span, linked to every record's parent
+            contexts, attempts = [u.context for u in units], min(u.attempts for u in units)
+            trace = lambda headers: tracer.start_batch(url, headers, contexts, attempts)  # noqa: E731
+        response, error = self.request(url, body, headers, headers["Idempotency-Key"], trace)
         self._sending.difference_update(units)
         errors: list[SinkError | None]
         if response is None:
             errors = [error] * len(units)
-        elif not 200 <= response.status < 300:
-            errors = [status_error(response, url)] * len(units)
         elif batch.result_parser is not None:
             errors = split_outcomes(
                 batch.result_parser, response.status, response.body, [u.record for u in units], url
@@ -216,6 +233,47 @@ class Attempts:
         return False
 
     # -- the request and what follows it ---------------------------------------------------
+
+    def request(
+        self,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        msg_id: str,
+        trace: Callable[[dict[str, str]], tuple[AttemptSpan, dict[str, str]]] | None,
+    ) -> tuple[Response, None] | tuple[None, SinkError]:
+        """One attempt's request, single or batch: sign, start the span, send, end the span.
+
+        Args:
+            url: Where to.
+            body: The exact bytes to send.
+            headers: The attempt's headers (not modified: a record's are shared by its retries).
+            msg_id: The signature's message id: the record id, or a batch's ``Idempotency-Key``.
+            trace: Starts the attempt's span and returns it with the headers carrying it.
+
+        Returns:
+            ``(response, None)`` for a 2xx, else ``(None, error)`` (a non-2xx is an
+            :class:`HttpStatusError`).
+        """
+        if self._signer is not None:  # Standard Webhooks: per attempt, over the bytes sent (signing.py)
+            headers = self._signer.sign_headers(headers, msg_id, body, time.time())
+        span = None
+        if trace is not None:
+            span, headers = trace(headers)
+        outcome: tuple[Response, None] | tuple[None, SinkError] = (None, _NOT_SENT)
+        try:
+            outcome = self.exchange(url, body, headers)
+            response = outcome[0]
+            if response is not None and not 200 <= response.status < 300:
+                outcome = None, status_error(response, url)
+        finally:
+            if span is not None:  # ended whatever happened (a BaseException from success_when too)
+                ok, err = outcome
+                if ok is not None:
+                    span.end(ok.status)
+                elif err is not None:
+                    span.end(err.status, err)
+        return outcome
 
     def exchange(
         self, url: str, body: bytes, headers: dict[str, str]

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from eventmesh_http_sink.outcomes.hooks import Hooks
     from eventmesh_http_sink.outcomes.resolver import Resolver
     from eventmesh_http_sink.scheduling.retry import RetryPolicy
+    from eventmesh_http_sink.tracing import AttemptTracer
     from eventmesh_http_sink.wire.request_options import RequestOptions
     from eventmesh_http_sink.wire.transport import Transport
 
@@ -58,6 +59,7 @@ class Dispatcher:
         options: Per-request options.
         policy: The retry policy.
         base_headers: The connector's request headers.
+        tracer: The OpenTelemetry attempt tracer (``None`` unless ``tracing=True``).
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class Dispatcher:
         options: RequestOptions,
         policy: RetryPolicy,
         base_headers: dict[str, str],
+        tracer: AttemptTracer | None = None,
     ) -> None:
         self._resolver = resolver
         self._strategy = strategy
@@ -104,6 +107,7 @@ class Dispatcher:
             closing=lambda: self._closing,
             next_index=self._next_index,
             base_headers=base_headers,
+            tracer=tracer,
         )
 
     @property

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from eventmesh_http_sink import forksafe
 from eventmesh_http_sink.errors import BroadcastError, SinkClosedError, SinkError
 from eventmesh_http_sink.redact import redact_url
 from eventmesh_http_sink.results import SendResult
@@ -64,6 +65,11 @@ class Failover:
         self._fails = [0] * len(urls)
         self._until = [0.0] * len(urls)
         self._lock = threading.Lock()
+        forksafe.register(self)
+
+    def after_fork_in_child(self) -> None:
+        """A parent thread may have held the lock at the fork: a fresh one for the child."""
+        forksafe.reinit(self._lock)
 
     def choose(self, unit: Any, next_index: Callable[[], int]) -> str:
         """See :class:`Strategy`."""
@@ -120,6 +126,8 @@ class BroadcastJoin:
         self._parent = parent
         self._urls = urls
         self._resolve = resolve
+        # Not registered with forksafe: a join belongs to one record of the process that
+        # accepted it, and a forked child never touches the parent's records.
         self._lock = threading.Lock()
         self._left = len(urls)
         self._status: dict[str, int | None] = {}

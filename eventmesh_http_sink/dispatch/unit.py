@@ -162,7 +162,9 @@ class Unit:
 
     def copy_to(self, url: str, join: Any) -> Unit:
         """A broadcast copy pinned to ``url``, reporting to ``join``."""
-        child = Unit(self.record, self.body, self.headers, self.context, future=None, item=self.item)
+        # A context object of its own (one context cannot be entered by two threads at
+        # once); a copy, so tracing still sees the span current at put.
+        child = Unit(self.record, self.body, self.headers, self.context.copy(), future=None, item=self.item)
         child.pin = url
         child.join = join
         child.t0 = self.t0

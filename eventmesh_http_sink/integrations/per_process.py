@@ -12,6 +12,7 @@ import os
 import threading
 from typing import TYPE_CHECKING
 
+from eventmesh_http_sink import forksafe
 from eventmesh_http_sink.config import HttpSinkConfig
 from eventmesh_http_sink.connector import HttpSinkConnector
 from eventmesh_http_sink.errors import ConfigError
@@ -57,6 +58,11 @@ class ProcessConnector:
         self._lock = threading.Lock()
         self._pid = 0
         self._connector: HttpSinkConnector | None = None
+        forksafe.register(self)
+
+    def after_fork_in_child(self) -> None:
+        """A parent thread may have been in :meth:`get` (holding the lock) at the fork."""
+        forksafe.reinit(self._lock)
 
     def get(self) -> HttpSinkConnector:
         """This process's connector, made on first use (and again after a fork or a close)."""

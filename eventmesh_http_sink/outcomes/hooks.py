@@ -24,7 +24,7 @@ from eventmesh_http_sink.config import HttpSinkConfig
 from eventmesh_http_sink.errors import CircuitOpenError, SinkClosedError, SinkError
 from eventmesh_http_sink.outcomes.dead_letter import DeadLetterWriter, dead_letter_entry
 from eventmesh_http_sink.outcomes.export_server import ExportServer
-from eventmesh_http_sink.outcomes.result_store import ResultStore
+from eventmesh_http_sink.outcomes.result_store import ResultStore, serves_in_this_process
 from eventmesh_http_sink.records import ConnectRecord
 from eventmesh_http_sink.scheduling.breaker import CircuitBreaker
 from eventmesh_http_sink.scheduling.ratelimit import TokenBucket
@@ -57,7 +57,7 @@ class Hooks:
         self.rate_waits = 0
         self.server: ExportServer | None = None
         rs = config.result_store
-        if store is not None and rs is not None and rs.serve_port is not None:
+        if store is not None and rs is not None and serves_in_this_process(rs):
             self.server = ExportServer(store, rs)
 
     def gate(self, future: Any, url: str, urls: tuple[str, ...]) -> str | SinkError | float:

@@ -13,19 +13,21 @@ from __future__ import annotations
 import collections
 import datetime
 import itertools
+import logging
 import os
 import threading
-import weakref
 from typing import Any, ClassVar, Literal
 
 import attrs
 
+from eventmesh_http_sink import forksafe
 from eventmesh_http_sink._validators import field_name, known_options, non_empty_str, positive, positive_int
 from eventmesh_http_sink.errors import ConfigError
 from eventmesh_http_sink.redact import redact_text, redact_url
 
-__all__ = ["ResultStore", "ResultStoreConfig"]
+__all__ = ["ResultStore", "ResultStoreConfig", "serves_in_this_process"]
 
+_log = logging.getLogger("eventmesh_http_sink")
 _MAX_MESSAGE = 256
 _MODES = ("peek", "poll")
 
@@ -102,7 +104,7 @@ class ResultStore:
         self._items: collections.deque[tuple[int, dict[str, Any]]] = collections.deque(maxlen=max_size)
         self._seq = itertools.count()
         self._lock = threading.Lock()
-        _STORES.add(self)
+        forksafe.register(self)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -176,18 +178,51 @@ class ResultStore:
             room = self.max_size - len(self._items)
             self._items.extendleft(reversed(merged[max(0, len(merged) - room) :]))
 
-    def _after_fork_in_child(self) -> None:
-        # A parent thread may have held the lock at the fork: the child would wait forever.
-        self._lock = threading.Lock()
+    def after_fork_in_child(self) -> None:
+        """A parent thread may have held the lock at the fork: a fresh one for the child.
+
+        The child keeps the entries (``export()`` works there), and from now on a
+        fixed ``serve_port`` belongs to the parent (see :func:`serves_in_this_process`).
+        """
+        forksafe.reinit(self._lock)
+        _this_process.forked_from_a_store = os.getpid()
+        _this_process.told = False
 
 
-_STORES: weakref.WeakSet[ResultStore] = weakref.WeakSet()
+class _ProcessState:
+    """What this process knows about the export port (module state, per process)."""
+
+    forked_from_a_store: int | None = None  # the pid, if forked while a store existed
+    told = False  # the "endpoint stays with the parent" line was logged in this process
 
 
-def _after_fork_in_child() -> None:
-    for store in list(_STORES):
-        store._after_fork_in_child()
+_this_process = _ProcessState()
+_told_lock = forksafe.module_lock()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+def serves_in_this_process(config: ResultStoreConfig) -> bool:
+    """Whether this process serves ``config``'s export endpoint.
+
+    ``serve_port=None`` serves nothing and ``0`` serves on a port of this process's
+    own. A fixed port is not served in a process forked while a result store
+    existed (a Celery prefork child, a ``multiprocessing`` fork): every such child
+    would bind the port its parent holds, or another child does, and refuse all
+    its records with ``Address already in use``. The endpoint stays with the
+    parent; the child accepts and delivers records as usual, and its
+    :meth:`ResultStore.export` works. Logged once per process.
+    """
+    if config.serve_port is None:
+        return False
+    if config.serve_port == 0 or _this_process.forked_from_a_store != os.getpid():
+        return True
+    with _told_lock:
+        told, _this_process.told = _this_process.told, True
+    if not told:
+        _log.warning(
+            "result_store.serve_port=%d is not served in this forked process (pid %d): the export"
+            " endpoint stays with the parent process; export() works here, and serve_port=0"
+            " gives each process an endpoint of its own",
+            config.serve_port,
+            os.getpid(),
+        )
+    return False

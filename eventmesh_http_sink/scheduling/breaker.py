@@ -22,6 +22,7 @@ from typing import ClassVar, Literal
 
 import attrs
 
+from eventmesh_http_sink import forksafe
 from eventmesh_http_sink._validators import known_options, one_of, positive, positive_int
 from eventmesh_http_sink.errors import CircuitOpenError, HttpStatusError, SinkError
 
@@ -82,6 +83,11 @@ class CircuitBreaker:
         self.opened = 0  # times a circuit opened
         self.rejected = 0  # records failed with CircuitOpenError
         self.waits = 0  # times a record was held back by an open circuit
+        forksafe.register(self)
+
+    def after_fork_in_child(self) -> None:
+        """A parent thread may have held the lock at the fork: a fresh one for the child."""
+        forksafe.reinit(self._lock)
 
     def before(self, url: str, count: bool = True) -> float | CircuitOpenError | None:
         """Decide about an attempt to ``url``.

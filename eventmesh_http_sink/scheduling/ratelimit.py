@@ -14,6 +14,8 @@ import time
 import typing
 from collections.abc import Callable
 
+from eventmesh_http_sink import forksafe
+
 __all__ = ["TokenBucket"]
 
 
@@ -35,6 +37,11 @@ class TokenBucket:
         self._tokens = self.burst
         self._last = clock()
         self._lock = threading.Lock()
+        forksafe.register(self)
+
+    def after_fork_in_child(self) -> None:
+        """A parent thread may have held the lock at the fork: a fresh one for the child."""
+        forksafe.reinit(self._lock)
 
     @typing.overload
     def reserve(self) -> float: ...

@@ -47,7 +47,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
             return float(value)
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):  # OverflowError: a year like 10**20
             when = None
         if when is not None:
             if when.tzinfo is None:  # the asctime form has no zone: HTTP dates are GMT

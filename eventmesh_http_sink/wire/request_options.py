@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from eventmesh_http_sink import forksafe
 from eventmesh_http_sink.dispatch.batching import batch_item
 from eventmesh_http_sink.errors import (
     BusinessError,
@@ -44,6 +45,11 @@ class BearerToken:
         self._source = source
         self._token: str | None = None if callable(source) else source
         self._lock = threading.Lock()
+        forksafe.register(self)
+
+    def after_fork_in_child(self) -> None:
+        """A parent worker may have been fetching the token (holding the lock) at the fork."""
+        forksafe.reinit(self._lock)
 
     def __repr__(self) -> str:
         return "<BearerToken ***>"

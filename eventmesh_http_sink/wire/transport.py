@@ -16,6 +16,8 @@ need its auth, proxies or adapters (``urlopen`` under it).
 
 from __future__ import annotations
 
+import codecs
+import importlib
 import logging
 import socket
 import ssl
@@ -49,6 +51,15 @@ if TYPE_CHECKING:
 __all__ = ["RequestsTransport", "Response", "Transport", "Urllib3Transport"]
 
 _log = logging.getLogger("eventmesh_http_sink")
+
+# socket.getaddrinfo encodes a str host with the "idna" codec, whose module
+# (encodings.idna, with stringprep) is imported on first use: by a worker thread,
+# on the first connection. A process forked in the middle of that import gets the
+# module half made and its import lock held by a thread it does not have: every
+# connection of the child then fails with "LookupError: unknown encoding: idna"
+# or blocks forever. Looking the codec up here, at import, caches it before any
+# worker thread exists. (tests/test_fork.py traces what a first connection imports.)
+codecs.lookup("idna")
 
 
 @attrs.frozen(slots=True)
@@ -86,7 +97,11 @@ class Transport(Protocol):
 
 
 def map_urllib3_error(exc: BaseException, url: str) -> SinkError:
-    """Classify a urllib3 (or socket) exception as the sink's error, cause attached."""
+    """Classify a urllib3 (or socket) exception as the sink's error, cause attached.
+
+    Messages name ``url`` as given: :class:`SinkError` redacts its query values
+    (and any in the library's text) when the error is built.
+    """
     err: SinkError
     # Order matters: NewConnectionError subclasses ConnectTimeoutError in urllib3 2.x.
     if isinstance(exc, u3e.NewConnectionError):
@@ -312,6 +327,11 @@ class RequestsTransport:
     """
 
     def __init__(self, session: requests.Session, config: HttpSinkConfig) -> None:
+        if session.trust_env:
+            # requests imports netrc (and shlex) on a session's first request, in a
+            # worker thread: imported here, before any worker exists, a fork cannot
+            # catch it half done (see the idna note above).
+            importlib.import_module("netrc")
         self._session = session
         self._timeout = (config.connect_timeout, config.read_timeout)
         self._keep = config.max_response_bytes
