@@ -329,6 +329,10 @@ def test_item3_close_keeps_its_deadline_with_slow_callbacks(server):
     # Everything not finished at the deadline was cancelled, not sent afterwards.
     cancelled = [c for c in recorder.failures.values() if isinstance(c.error, SinkClosedError)]
     assert len(recorder.successes) + len(cancelled) == records
+    keys = server.keys()
+    assert len(keys) == len(set(keys)), "a record was sent twice"
+    sent_anyway = [c.record_id for c in cancelled if c.attempts == 0 and c.record_id in keys]
+    assert not sent_anyway, f"{len(sent_anyway)} records cancelled before their first attempt were sent"
     _counters_add_up(sink)
 
 
