@@ -38,9 +38,8 @@ from .results import SendExceptionContext, SendMessageCallback, SendResult
 from .scheduling.breaker import CircuitBreakerConfig
 from .signing import WebhookSigner
 from .stats import SinkStats
+from .version import __version__
 from .wire.transport import RequestsTransport, Response, Transport, Urllib3Transport
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BatchConfig",

@@ -87,7 +87,7 @@ class AttemptTracer:
         # Imported here, not at module level: a connector without tracing never loads them.
         from opentelemetry import context, propagate, trace
 
-        from . import __version__
+        from .version import __version__
 
         self._trace = trace
         self._get_current = context.get_current
