@@ -1,6 +1,6 @@
 """Instructions and allocations per call of a micro path, under callgrind: robust to a busy machine.
 
-``python benchmarks/instr.py --setup "from eventmesh_http_sink import ConnectRecord" "ConnectRecord({'a': 1})"``
+``python benchmarks/instr.py --setup "from eventmesh_http_sink import ConnectRecord" "ConnectRecord(1)"``
 
 Runs the statement N1 and N2 times in two interpreters under ``valgrind
 --tool=callgrind`` and prints the difference divided by N2 - N1: the cost of

@@ -255,7 +255,9 @@ def run_records(sink: Any, record_type: Any, make_record: Any, callback: Any, n:
 # -- the parent ----------------------------------------------------------------------------------
 
 
-def _child_cmd(args: argparse.Namespace, mode: str, url: str, ca: str | None, workers: int, n: int) -> list[str]:
+def _child_cmd(
+    args: argparse.Namespace, mode: str, url: str, ca: str | None, workers: int, n: int
+) -> list[str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--url", url]
     cmd += ["--records", str(n), "--workers", str(workers)]
     if ca:
@@ -315,7 +317,7 @@ def _callgrind_totals(path: str) -> tuple[int, int, int]:
     name_re = re.compile(r"^(c?fn)=\((\d+)\)(?: (.*))?$")
     with open(path, encoding="utf-8", errors="replace") as fh:
         for line in fh:
-            if line.startswith("summary:") or line.startswith("totals:"):
+            if line.startswith(("summary:", "totals:")):
                 total = int(line.split()[1])
                 continue
             m = name_re.match(line.rstrip("\n"))
@@ -332,7 +334,7 @@ def _callgrind_totals(path: str) -> tuple[int, int, int]:
                 calls = int(line[6:].split()[0])
                 if target in _ALLOC_FNS:
                     py_allocs += calls
-                elif target == "malloc" and current_fn not in _ALLOC_FNS and not current_fn.startswith("_PyMem"):
+                elif target == "malloc" and not current_fn.startswith(("_PyObject_", "_PyMem")):
                     ext_mallocs += calls
     return total, py_allocs, ext_mallocs
 
@@ -350,24 +352,40 @@ def valgrind(args: argparse.Namespace, url: str, ca: str | None, workers: int) -
             figures.append(_callgrind_totals(out))
     extra = large - small
     (i1, a1, m1), (i2, a2, m2) = figures
-    return {"instructions": (i2 - i1) / extra, "py_allocs": (a2 - a1) / extra, "ext_mallocs": (m2 - m1) / extra}
+    return {
+        "instructions": (i2 - i1) / extra,
+        "py_allocs": (a2 - a1) / extra,
+        "ext_mallocs": (m2 - m1) / extra,
+    }
 
 
 # Stages of the record's path, by the function a GIL-held sample is in (innermost match wins
 # within a thread's stack: a sample inside encode_request under send counts as "request head").
 STAGES = [
-    ("caller: build ConnectRecord (id, validators) + make_record", ("__init__ (<attrs generated", "make_record", "_new_record_id", "_check_")),
+    (
+        "caller: build ConnectRecord (id, validators) + make_record",
+        ("__init__ (<attrs generated", "make_record", "_new_record_id", "_check_"),
+    ),
     ("caller: put -> encode record (json.dumps, extensions)", ("encode_data", "encode_extensions")),
     ("caller: put -> Future, headers, context", ("_prepare",)),
-    ("caller: put -> accept + hand to a worker", ("_submit", "_enqueue", "_spawn", "_dispatch", "_send_unit")),
+    (
+        "caller: put -> accept + hand to a worker",
+        ("_submit", "_enqueue", "_spawn", "_dispatch", "_send_unit"),
+    ),
     ("worker: loop, take a record", ("_work",)),
     ("worker: request head (encode_request)", ("encode_request",)),
     ("worker: urllib3 pool take/give back", ("take", "give_back", "_get_conn", "_put_conn")),
-    ("worker: sendall + recv + llhttp callbacks", ("exchange", "on_header", "on_body", "on_message", "on_headers", "on_status", "on_chunk")),
+    (
+        "worker: sendall + recv + llhttp callbacks",
+        ("exchange", "on_header", "on_body", "on_message", "on_headers", "on_status", "on_chunk"),
+    ),
     ("worker: transport.send (rest)", ("send (eventmesh_http_sink/wire/transport.py",)),
     ("worker: attempt (choose URL, SendResult, hooks)", ("_attempt",)),
     ("worker: resolve (lock, metrics, set_result)", ("_resolve", "outcome (", "set_result")),
-    ("worker: done-callback (user callback, counters, notify)", ("_on_done", "on_success", "_invoke_callbacks")),
+    (
+        "worker: done-callback (user callback, counters, notify)",
+        ("_on_done", "on_success", "_invoke_callbacks"),
+    ),
     ("caller: flush / other", ("flush", "run_records")),
 ]
 
@@ -430,7 +448,7 @@ def report(results: dict[str, dict[int, dict[str, Any]]]) -> None:
         print("| per delivered record | " + " | ".join(f"{w} workers" for w in ws) + " |")
         print("| --- |" + " ---: |" * len(ws))
 
-        def row(label: str, get: Any, fmt: str) -> None:
+        def row(label: str, get: Any, fmt: str, ws: list[int] = ws, by_workers: Any = by_workers) -> None:
             cells = []
             for w in ws:
                 try:
@@ -448,17 +466,24 @@ def report(results: dict[str, dict[int, dict[str, Any]]]) -> None:
         row("worker loops allowed at the end (adaptive limit)", lambda r: r["measure"]["limit"], "")
         row("Python lock acquisitions", lambda r: r["locks"]["per_record"]["acq"], ".2f")
         row("... found held (contended)", lambda r: r["locks"]["per_record"]["contended"], ".2f")
-        row("Condition waits (a thread sleeps for a notify)", lambda r: r["locks"]["per_record"]["waits"], ".2f")
+        row(
+            "Condition waits (a thread sleeps for a notify)",
+            lambda r: r["locks"]["per_record"]["waits"],
+            ".2f",
+        )
         row("instructions (callgrind)", lambda r: r["valgrind"]["instructions"], ",.0f")
         row("Python allocations (pymalloc calls)", lambda r: r["valgrind"]["py_allocs"], ".0f")
         row("malloc calls from C libraries", lambda r: r["valgrind"]["ext_mallocs"], ".1f")
         # Lock sites: union over workers, sorted by acquisitions at the largest worker count.
+        locked = [r["locks"]["sites"] for r in by_workers.values() if "locks" in r]
         sites = sorted(
-            {s for r in by_workers.values() if "locks" in r for s in r["locks"]["sites"]},
-            key=lambda s: -max(r["locks"]["sites"].get(s, {}).get("acq", 0) for r in by_workers.values() if "locks" in r),
+            {s for r in locked for s in r}, key=lambda s: -max(r.get(s, {}).get("acq", 0) for r in locked)
         )
         if sites:
-            print(f"\nLock acquisitions per record by where the lock was made ({scheme}; contended in brackets):\n")
+            print(
+                f"\nLock acquisitions per record by where the lock was made ({scheme}, contended):"
+            )
+            print()
             print("| lock made at | " + " | ".join(f"{w} workers" for w in ws) + " |")
             print("| --- |" + " ---: |" * len(ws))
             for s in sites[:12]:
@@ -531,7 +556,8 @@ def main() -> None:
                 print(f"   {w} workers: {json.dumps(cell['measure'])}", file=sys.stderr, flush=True)
     import platform
 
-    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, {when}")
     report(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

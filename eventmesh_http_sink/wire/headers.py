@@ -137,9 +137,7 @@ _SPECIAL = {
 }
 
 
-def _head(
-    method: str, target: str, host: str, headers: Mapping[str, str], close: bool
-) -> tuple[str, bool]:
+def _head(method: str, target: str, host: str, headers: Mapping[str, str], close: bool) -> tuple[str, bool]:
     """The request line and every header line but ``Content-Length``; whether it asks to close."""
     lines = []
     host_given = accept_given = False
@@ -201,8 +199,8 @@ class RequestHeads:
     the ``extension`` header and ``Content-Length``. The rest is encoded on
     first use and kept (keyed by every name and value, so a changed header is a
     new head); each request then costs one dict copy, one dict comparison with
-    the last head's headers and one bytes format instead of a line per header. The two per-record fields go out after the
-    others, ``Content-Length`` last.
+    the last head's headers and one bytes format instead of a line per header.
+    The two per-record fields go out after the others, ``Content-Length`` last.
 
     When heads keep changing anyway (a ``header_fn`` or CloudEvents binary mode
     giving each record its own fields) the cache only costs: after
@@ -261,7 +259,7 @@ class RequestHeads:
             close,
         )
 
-    def _new_head(
+    def _new_head(  # noqa: PLR0917 - private, one caller
         self,
         ident: tuple[object, ...],
         method: str,
