@@ -9,8 +9,10 @@ before anything is queued.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
+import json.encoder
 import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -58,6 +60,35 @@ if hasattr(os, "register_at_fork"):
 
 def _new_record_id() -> str:
     return _id_prefix + format(_id_next(), "012x")
+
+
+def _json_encoder(*, ensure_ascii: bool) -> Callable[[Any], str]:
+    """``json.dumps(obj, ensure_ascii=..., separators=(",", ":"), allow_nan=False)``, made once.
+
+    ``json.dumps`` with any non-default argument builds a ``JSONEncoder`` and then
+    a C encoder on every call; per record that costs more than the encoding. The
+    C encoder built here once gives the same text. It keeps no circular-reference
+    markers (a shared marker dict would be seen by other threads through
+    ``default``): a circular structure ends in ``RecursionError`` instead of
+    ``ValueError``, refused the same way.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # a Python without the C accelerator: json.dumps as before
+        return functools.partial(
+            json.dumps, ensure_ascii=ensure_ascii, separators=(",", ":"), allow_nan=False
+        )
+    basestring = json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring
+    encode = make(None, json.JSONEncoder().default, basestring, None, ":", ",", False, False, False)
+    join = "".join
+
+    def dumps(obj: Any) -> str:
+        return join(encode(obj, 0))
+
+    return dumps
+
+
+_dumps_data = _json_encoder(ensure_ascii=False)
+_dumps_ascii = _json_encoder(ensure_ascii=True)
 
 
 def _check_record_id(inst: ConnectRecord, attr: attrs.Attribute[str], value: str) -> None:
@@ -154,7 +185,7 @@ def encode_data(record: ConnectRecord) -> tuple[bytes, str]:
     try:
         if isinstance(data, str):
             return data.encode("utf-8"), TEXT_CONTENT_TYPE
-        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = _dumps_data(data)
         return text.encode("utf-8"), JSON_CONTENT_TYPE
     except (TypeError, ValueError, RecursionError) as exc:
         # UnicodeEncodeError (a lone surrogate) is a ValueError too.
@@ -182,6 +213,6 @@ def encode_extensions(record: ConnectRecord) -> str | None:
         if not _CONTROL.isdisjoint(key) or (isinstance(value, str) and not _CONTROL.isdisjoint(value)):
             raise InvalidRecordError(record.record_id, f"extension {key!r} contains CR, LF or NUL")
     try:
-        return json.dumps(ext, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+        return _dumps_ascii(ext)
     except (TypeError, ValueError, RecursionError) as exc:
         raise RecordEncodingError(record.record_id, f"extensions are not JSON-serialisable: {exc}") from exc
