@@ -480,9 +480,7 @@ def report(results: dict[str, dict[int, dict[str, Any]]]) -> None:
             {s for r in locked for s in r}, key=lambda s: -max(r.get(s, {}).get("acq", 0) for r in locked)
         )
         if sites:
-            print(
-                f"\nLock acquisitions per record by where the lock was made ({scheme}, contended):"
-            )
+            print(f"\nLock acquisitions per record by where the lock was made ({scheme}, contended):")
             print()
             print("| lock made at | " + " | ".join(f"{w} workers" for w in ws) + " |")
             print("| --- |" + " ---: |" * len(ws))
@@ -525,6 +523,9 @@ def main() -> None:
     p.add_argument("--records", type=int, default=20_000, help="records per measured run")
     p.add_argument("--rounds", type=int, default=3, help="measured runs per cell (median)")
     p.add_argument("--lock-records", type=int, default=5_000)
+    p.add_argument(
+        "--parts", default="measure,locks", help="measure,locks: the plain runs and the lock-counting run"
+    )
     p.add_argument("--valgrind", action="store_true", help="also count instructions and allocations (slow)")
     p.add_argument("--valgrind-records", default="300,1300", help="the two run sizes of the difference")
     p.add_argument("--pyspy", action="store_true", help="also sample GIL-held stacks with py-spy")
@@ -546,14 +547,18 @@ def main() -> None:
         with start_fast_server(tls=scheme == "https") as server:
             print(f"== {scheme}: {server.name} at {server.url}", file=sys.stderr, flush=True)
             for w in (int(x) for x in args.workers.split(",")):
-                cell: dict[str, Any] = {"measure": measure(args, server.url, server.ca_file, w)}
-                cell["locks"] = locks(args, server.url, server.ca_file, w)
+                cell: dict[str, Any] = {}
+                if "measure" in args.parts:
+                    cell["measure"] = measure(args, server.url, server.ca_file, w)
+                if "locks" in args.parts:
+                    cell["locks"] = locks(args, server.url, server.ca_file, w)
                 if args.valgrind:
                     cell["valgrind"] = valgrind(args, server.url, server.ca_file, w)
                 if args.pyspy:
                     cell["pyspy"] = pyspy(args, server.url, server.ca_file, w)
                 results[scheme][w] = cell
-                print(f"   {w} workers: {json.dumps(cell['measure'])}", file=sys.stderr, flush=True)
+                brief = {k: v for k, v in cell.items() if k in ("measure", "valgrind")}
+                print(f"   {w} workers: {json.dumps(brief)}", file=sys.stderr, flush=True)
     import platform
 
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
