@@ -373,7 +373,7 @@ STAGES = [
         ("_submit", "_enqueue", "_spawn", "_dispatch", "_send_unit"),
     ),
     ("worker: loop, take a record", ("_work",)),
-    ("worker: request head (encode_request)", ("encode_request",)),
+    ("worker: request head (encode_request)", ("encode_request", "RequestHeads.encode")),
     ("worker: urllib3 pool take/give back", ("take", "give_back", "_get_conn", "_put_conn")),
     (
         "worker: sendall + recv + llhttp callbacks",

@@ -352,7 +352,13 @@ def exchange(
         resp.reset(head_only, keep)
     feed = parser.feed_data
     recv_into = sock.recv_into
-    timeout = read_timeout if deadline is None else _timeout(read_timeout, deadline, url)
+    monotonic = time.monotonic
+    # The usual deadline (attempt_timeout, 60 s by default) is far off: read_timeout bounds the
+    # wait, and _timeout (which raises past the deadline) is called only when it gets close.
+    if deadline is None or deadline - monotonic() >= read_timeout:
+        timeout = read_timeout
+    else:
+        timeout = _timeout(read_timeout, deadline, url)
     if sock.gettimeout() != timeout:  # the usual case on a reused connection: no syscall
         sock.settimeout(timeout)
     cut: BaseException | None = None
@@ -364,7 +370,10 @@ def exchange(
     idle = 0  # bytes read since the body last grew
     limit = keep + drain_limit
     while True:
-        wait = read_timeout if deadline is None else _timeout(read_timeout, deadline, url)
+        if deadline is None or deadline - monotonic() >= read_timeout:
+            wait = read_timeout
+        else:
+            wait = _timeout(read_timeout, deadline, url)
         if wait != timeout:
             sock.settimeout(wait)
             timeout = wait
