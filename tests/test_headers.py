@@ -94,3 +94,58 @@ def test_encode_request_refuses_framing_headers_from_a_direct_caller() -> None:
         b"POST / HTTP/1.1\r\nAccept-Encoding: identity\r\nhost: other\r\n"
         b"Connection: close\r\nContent-Length: 1\r\n\r\nx"
     )
+
+
+def _lines(request: bytes) -> tuple[bytes, list[bytes], bytes]:
+    head, _, body = request.partition(b"\r\n\r\n")
+    first, *fields = head.split(b"\r\n")
+    return first, sorted(fields), body
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"User-Agent": USER_AGENT, "Content-Type": "application/json", "Idempotency-Key": "k-1"},
+        {"Idempotency-Key": "k-2", "extension": '{"topic":"t"}', "X-A": "1"},
+        {"extension": '{"topic":"t"}'},
+        {"X-Only": "static"},
+        {"host": "other", "Connection": "close", "Idempotency-Key": "k-3"},
+        {"ACCEPT-ENCODING": "gzip", "Idempotency-Key": "k-4"},
+    ],
+)
+def test_request_heads_send_what_encode_request_sends(headers: dict[str, str]) -> None:
+    from eventmesh_http_sink.wire.headers import RequestHeads
+
+    heads = RequestHeads()
+    for body in (b"x", b'{"a":1}', b""):  # the second and third reuse the cached head
+        for close in (False, True):
+            got, got_close = heads.encode("POST", "/p?q=1", "h:81", headers, body, close=close)
+            want, want_close = encode_request("POST", "/p?q=1", "h:81", headers, body, close=close)
+            assert got_close == want_close
+            assert _lines(got) == _lines(want)
+            assert got.endswith(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+def test_request_heads_see_a_changed_value_and_refuse_framing_headers_every_time() -> None:
+    from eventmesh_http_sink.wire.headers import RequestHeads
+
+    heads = RequestHeads()
+    first, _ = heads.encode("POST", "/", "h", {"Authorization": "Bearer a"}, b"x", close=False)
+    second, _ = heads.encode("POST", "/", "h", {"Authorization": "Bearer b"}, b"x", close=False)
+    assert b"Authorization: Bearer a\r\n" in first
+    assert b"Authorization: Bearer b\r\n" in second
+    for _ in range(2):
+        with pytest.raises(SinkError, match="Transfer-Encoding"):
+            heads.encode("POST", "/", "h", {"Transfer-Encoding": "chunked"}, b"x", close=False)
+
+
+def test_request_heads_stop_caching_when_every_request_has_its_own_head() -> None:
+    from eventmesh_http_sink.wire.headers import RequestHeads
+
+    heads = RequestHeads()
+    for i in range(2 * RequestHeads.MAX_HEADS + 1):  # e.g. CloudEvents binary: a ce-id per record
+        data, _ = heads.encode("POST", "/", "h", {"ce-id": str(i)}, b"x", close=False)
+        assert f"ce-id: {i}\r\n".encode() in data
+    assert not heads.caching
+    data, _ = heads.encode("POST", "/", "h", {"ce-id": "last"}, b"x", close=False)
+    assert b"ce-id: last\r\n" in data

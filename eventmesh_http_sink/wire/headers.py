@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FRAMING_HEADERS",
     "USER_AGENT",
+    "RequestHeads",
     "base_headers",
     "check_header",
     "encode_request",
@@ -136,21 +137,8 @@ _SPECIAL = {
 }
 
 
-def encode_request(
-    method: str, target: str, host: str, headers: Mapping[str, str], body: bytes, *, close: bool
-) -> tuple[bytes, bool]:
-    """The bytes of one HTTP/1.1 request, and whether it asks the server to close.
-
-    ``Host`` and ``Accept-Encoding: identity`` (urllib3's and http.client's
-    defaults) go out unless ``headers`` has them, in any case. ``Content-Length``
-    is always the body's length. ``close`` (or a ``Connection: close`` in
-    ``headers``) sends ``Connection: close``.
-
-    Raises:
-        SinkError: ``headers`` has a framing header other than ``Connection``
-            (``HttpSinkConfig`` and ``put`` refuse those: only a direct caller of
-            a transport can get here).
-    """
+def _head(method: str, target: str, host: str, headers: Mapping[str, str], close: bool) -> tuple[str, bool]:
+    """The request line and every header line but ``Content-Length``; whether it asks to close."""
     lines = []
     host_given = accept_given = False
     for name, value in headers.items():
@@ -175,5 +163,119 @@ def encode_request(
         head += "Accept-Encoding: identity\r\n"
     if close:
         lines.append("Connection: close\r\n")
-    lines.append(f"Content-Length: {len(body)}\r\n\r\n")
-    return (head + "".join(lines)).encode("latin-1") + body, close
+    return head + "".join(lines), close
+
+
+def encode_request(
+    method: str, target: str, host: str, headers: Mapping[str, str], body: bytes, *, close: bool
+) -> tuple[bytes, bool]:
+    """The bytes of one HTTP/1.1 request, and whether it asks the server to close.
+
+    ``Host`` and ``Accept-Encoding: identity`` (urllib3's and http.client's
+    defaults) go out unless ``headers`` has them, in any case. ``Content-Length``
+    is always the body's length. ``close`` (or a ``Connection: close`` in
+    ``headers``) sends ``Connection: close``.
+
+    Raises:
+        SinkError: ``headers`` has a framing header other than ``Connection``
+            (``HttpSinkConfig`` and ``put`` refuse those: only a direct caller of
+            a transport can get here).
+    """
+    head, close = _head(method, target, host, headers, close)
+    return (head + f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1") + body, close
+
+
+# The fields the connector sets per record, in its spelling: everything else in a
+# request's headers is usually the same for every request of a connector.
+_IDEMPOTENCY_KEY = "Idempotency-Key"
+_EXTENSION = "extension"
+
+
+class RequestHeads:
+    """:func:`encode_request` for one transport, the fields that do not vary encoded once.
+
+    A request's head is its request line, ``Host``, the connector's and the
+    user's headers, and three fields that change per record: ``Idempotency-Key``,
+    the ``extension`` header and ``Content-Length``. The rest is encoded on
+    first use and kept (keyed by every name and value, so a changed header is a
+    new head); each request then costs one dict copy, one dict comparison with
+    the last head's headers and one bytes format instead of a line per header.
+    The two per-record fields go out after the others, ``Content-Length`` last.
+
+    When heads keep changing anyway (a ``header_fn`` or CloudEvents binary mode
+    giving each record its own fields) the cache only costs: after
+    :data:`MAX_HEADS` distinct heads twice over it turns itself off and every
+    request is encoded whole, as :func:`encode_request` does.
+
+    Thread-safe: dict reads and writes are atomic; two threads missing the same
+    head at once both encode it, to the same bytes.
+    """
+
+    MAX_HEADS = 64
+
+    def __init__(self) -> None:
+        self._heads: dict[tuple[object, ...], tuple[bytes, bool]] = {}
+        # The head used last, in one tuple (read and replaced atomically): one dict
+        # comparison finds it again, without building and hashing a key.
+        self._last: tuple[tuple[object, ...], dict[str, str], bytes, bool] = ((), {}, b"", False)
+        self._fills = 0
+        self.caching = True
+
+    def encode(
+        self, method: str, target: str, host: str, headers: Mapping[str, str], body: bytes, *, close: bool
+    ) -> tuple[bytes, bool]:
+        """The bytes of one request and whether it asks to close: see :func:`encode_request`.
+
+        Raises:
+            SinkError: as :func:`encode_request`.
+        """
+        if not self.caching or type(headers) is not dict:
+            return encode_request(method, target, host, headers, body, close=close)
+        fixed = headers.copy()
+        key = fixed.pop(_IDEMPOTENCY_KEY, None)
+        extension = fixed.pop(_EXTENSION, None)
+        request = (method, target, host, close)
+        last = self._last
+        if last[0] == request and last[1] == fixed:
+            prefix, close = last[2], last[3]
+        else:
+            ident = (*request, *fixed.items())
+            entry = self._heads.get(ident)
+            if entry is None:
+                entry = self._new_head(ident, method, target, host, fixed, close)
+            self._last = (request, fixed, *entry)
+            prefix, close = entry
+        if extension is None and key is not None:  # the usual record
+            return (
+                b"%sIdempotency-Key: %s\r\nContent-Length: %d\r\n\r\n%s"
+                % (prefix, key.encode("latin-1"), len(body), body),
+                close,
+            )
+        varying = "" if key is None else f"Idempotency-Key: {key}\r\n"
+        if extension is not None:
+            varying += f"extension: {extension}\r\n"
+        return (
+            b"%s%sContent-Length: %d\r\n\r\n%s" % (prefix, varying.encode("latin-1"), len(body), body),
+            close,
+        )
+
+    def _new_head(  # noqa: PLR0917 - private, one caller
+        self,
+        ident: tuple[object, ...],
+        method: str,
+        target: str,
+        host: str,
+        fixed: Mapping[str, str],
+        close: bool,
+    ) -> tuple[bytes, bool]:
+        head, close = _head(method, target, host, fixed, close)
+        entry = (head.encode("latin-1"), close)
+        heads = self._heads
+        if len(heads) >= self.MAX_HEADS:
+            heads.clear()
+            self._fills += 1
+            if self._fills >= 2:
+                self.caching = False  # heads vary per request: keeping them only costs
+                return entry
+        heads[ident] = entry
+        return entry

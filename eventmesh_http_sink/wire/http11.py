@@ -117,7 +117,10 @@ class Headers(Mapping[str, str]):
 
 def _has(fields: list[tuple[bytes, bytes]], name: bytes) -> bool:
     size = len(name)
-    return any(len(n) == size and n.lower() == name for n, _ in fields)
+    for field, _ in fields:  # noqa: SIM110 - a loop, not any(genexpr): this runs per response
+        if len(field) == size and field.lower() == name:
+            return True
+    return False
 
 
 def _joined(parts: list[bytes]) -> bytes:
@@ -177,9 +180,13 @@ class _Response:
     )
 
     def __init__(self, head_only: bool, keep: int) -> None:
+        self.parser: Any = None
+        self.reset(head_only, keep)
+
+    def reset(self, head_only: bool, keep: int) -> None:
+        """Ready for a new exchange (fresh lists: a returned :class:`Headers` keeps the old head)."""
         self.head_only = head_only
         self.keep = keep
-        self.parser: Any = None
         self.status = 0  # of the final response, once its head is complete
         self.reason = b""
         self.fields: list[tuple[bytes, bytes]] = []  # of the head being read, then trailers
@@ -328,14 +335,30 @@ def exchange(
         OSError: from the socket (``TimeoutError`` for a read timeout), for the
             caller to classify like urllib3's.
     """
-    resp = _Response(head_only, keep)
-    parser = resp.parser = HttpResponseParser(resp)
+    # Per thread: one receive buffer (no 64 KiB allocation per recv), and the parser of
+    # the last exchange if it ended cleanly at a keep-alive message boundary, where
+    # llhttp stands ready for the next message (as servers reuse one per connection);
+    # taken out here, so a failure below leaves nothing half-used to reuse.
+    local = _local.__dict__
+    buffer = local.get("buffer")
+    if buffer is None:
+        buffer = local["buffer"] = memoryview(bytearray(_RECV))
+    spare = local.pop("parser", None)
+    if spare is None:
+        resp = _Response(head_only, keep)
+        parser = resp.parser = HttpResponseParser(resp)
+    else:
+        resp, parser = spare
+        resp.reset(head_only, keep)
     feed = parser.feed_data
     recv_into = sock.recv_into
-    buffer = getattr(_local, "buffer", None)
-    if buffer is None:  # one receive buffer per thread: no 64 KiB allocation per recv
-        buffer = _local.buffer = memoryview(bytearray(_RECV))
-    timeout = _timeout(read_timeout, deadline, url)
+    monotonic = time.monotonic
+    # The usual deadline (attempt_timeout, 60 s by default) is far off: read_timeout bounds the
+    # wait, and _timeout (which raises past the deadline) is called only when it gets close.
+    if deadline is None or deadline - monotonic() >= read_timeout:
+        timeout = read_timeout
+    else:
+        timeout = _timeout(read_timeout, deadline, url)
     if sock.gettimeout() != timeout:  # the usual case on a reused connection: no syscall
         sock.settimeout(timeout)
     cut: BaseException | None = None
@@ -347,7 +370,10 @@ def exchange(
     idle = 0  # bytes read since the body last grew
     limit = keep + drain_limit
     while True:
-        wait = _timeout(read_timeout, deadline, url)
+        if deadline is None or deadline - monotonic() >= read_timeout:
+            wait = read_timeout
+        else:
+            wait = _timeout(read_timeout, deadline, url)
         if wait != timeout:
             sock.settimeout(wait)
             timeout = wait
@@ -381,7 +407,10 @@ def exchange(
             # Over TLS, one recv returns at most one record (16 KiB < _RECV) and OpenSSL
             # reads no further ahead: bytes after the message wait in the kernel, where
             # urllib3's check before the next reuse sees them.
-            return resp.result(complete=True, reusable=resp.keep_alive and not resp.extra)
+            reusable = resp.keep_alive and not resp.extra
+            if reusable and not head_only:  # llhttp saw the whole message: it is ready for the next
+                local["parser"] = (resp, parser)
+            return resp.result(complete=True, reusable=reusable)
         if resp.seen > limit:
             return resp.result(complete=False, reusable=False)
         if resp.seen != seen:

@@ -39,7 +39,7 @@ from eventmesh_http_sink.errors import (
     SinkError,
 )
 from eventmesh_http_sink.wire.body import DRAIN_LIMIT, decode, read_capped
-from eventmesh_http_sink.wire.headers import encode_request
+from eventmesh_http_sink.wire.headers import RequestHeads
 from eventmesh_http_sink.wire.http11 import NoResponse, exchange
 from eventmesh_http_sink.wire.pool_access import connect, give_back, take
 
@@ -161,6 +161,7 @@ class Urllib3Transport:
         self._connect_timeout = config.connect_timeout
         self._read_timeout = config.read_timeout
         self._close = not config.keep_alive
+        self._heads = RequestHeads()
         self._pools: dict[tuple[str, str, int], urllib3.HTTPConnectionPool] = {}
         # url -> (pool, path with query, Host header): resolved once, so a request parses nothing.
         self._targets: dict[str, tuple[urllib3.HTTPConnectionPool, str, str]] = {}
@@ -224,7 +225,7 @@ class Urllib3Transport:
         """Make one attempt. See :class:`Transport`."""
         pool, path, host = self._targets.get(url) or self._target(url)
         deadline = None if self._attempt_timeout is None else time.monotonic() + self._attempt_timeout
-        request, close = encode_request(method, path, host, headers, body, close=self._close)
+        request, close = self._heads.encode(method, path, host, headers, body, close=self._close)
         try:
             conn = take(pool)
         except Exception as exc:
