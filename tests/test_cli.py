@@ -177,6 +177,19 @@ def test_rejects_default_to_stderr(server: FaultServer, tmp_path: Path) -> None:
     assert proc.stdout == ""  # --quiet: no summary
 
 
+def test_stderr_shows_the_first_rejected_lines_and_counts_the_rest(server: FaultServer, tmp_path: Path) -> None:
+    # A wrong file of a thousand lines is twenty-one lines of stderr, not a thousand; all are counted.
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"n": i}) + "\n" for i in range(1000)))  # no "data" key
+    proc = run_cli("send", server.url, str(src), "--json", cwd=tmp_path)
+    rejected = [ln for ln in proc.stderr.splitlines() if ": rejected" in ln]
+    assert len(rejected) == 21, proc.stderr[-2000:]
+    assert rejected[19].startswith("eventmesh-http-sink: line 20: rejected: expected an object")
+    assert "line 21: rejected; further rejected lines are counted in the summary" in rejected[20]
+    s = summary_of(proc.stdout)
+    assert (s["read"], s["rejected"]) == (1000, 1000) and accounted(s)
+
+
 @pytest.mark.parametrize("command", ["send", "replay"])
 def test_bad_bytes_reject_one_line_and_the_lines_around_it_are_sent(
     command: str, server: FaultServer, tmp_path: Path

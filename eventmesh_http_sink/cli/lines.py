@@ -234,8 +234,14 @@ def parse_line(text: str, mode: Mode) -> ConnectRecord:
         raise ValueError(str(exc)) from None
 
 
+# On stderr only the first rejected lines are shown: a wrong file of a million lines must
+# not become a million lines of noise (the summary counts them all; --rejects keeps them all).
+SHOWN_REJECTS = 20
+
+
 class Rejects:
-    """Reports rejected input lines with their numbers: to stderr, or as JSON lines to a file."""
+    """Reports rejected input lines with their numbers: as JSON lines to a file, or to stderr
+    (the first :data:`SHOWN_REJECTS` of them, then one line saying the rest are only counted)."""
 
     def __init__(self, path: str | None, stderr: Callable[[str], None]) -> None:
         self.path = path
@@ -250,8 +256,13 @@ class Rejects:
             entry = {"line": number, "error": reason, "text": shown}
             self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
             self._file.flush()
-        else:
+        elif self.count <= SHOWN_REJECTS:
             self._stderr(f"line {number}: rejected: {reason}")
+        elif self.count == SHOWN_REJECTS + 1:
+            self._stderr(
+                f"line {number}: rejected; further rejected lines are counted in the summary,"
+                " not shown (--rejects FILE keeps each one)"
+            )
 
     def close(self) -> None:
         """Close the rejects file."""

@@ -88,7 +88,11 @@ def _add_delivery_options(p: argparse.ArgumentParser) -> None:
         "--no-dead-letter", action="store_true", help="keep failed records nowhere but the summary"
     )
     o = p.add_argument_group("input and output")
-    o.add_argument("--rejects", metavar="FILE", help="write unparsable input lines here (default stderr)")
+    o.add_argument(
+        "--rejects",
+        metavar="FILE",
+        help="write unparsable input lines here (default: the first 20 on stderr)",
+    )
     o.add_argument("--strict", action="store_true", help="stop at the first unparsable line (exit 2)")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")
     o.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
