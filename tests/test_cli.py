@@ -177,7 +177,9 @@ def test_rejects_default_to_stderr(server: FaultServer, tmp_path: Path) -> None:
     assert proc.stdout == ""  # --quiet: no summary
 
 
-def test_stderr_shows_the_first_rejected_lines_and_counts_the_rest(server: FaultServer, tmp_path: Path) -> None:
+def test_stderr_shows_the_first_rejected_lines_and_counts_the_rest(
+    server: FaultServer, tmp_path: Path
+) -> None:
     # A wrong file of a thousand lines is twenty-one lines of stderr, not a thousand; all are counted.
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"n": i}) + "\n" for i in range(1000)))  # no "data" key
