@@ -30,7 +30,7 @@ def test_limit_stays_low_when_latency_grows_with_concurrency() -> None:
 
 
 def test_one_slow_2xx_now_and_then_is_a_gil_wait_not_a_slow_endpoint() -> None:
-    # Issue 14: with many threads runnable an attempt sometimes waits 20 ms+ for the GIL;
+    # Issue 14: with many threads runnable an attempt sometimes waits 5-50 ms for the GIL;
     # that must not lift the limit to max_workers against a fast endpoint.
     limit = ConcurrencyLimit(16)
     for i in range(2000):

@@ -11,7 +11,7 @@ at its observed minimum, more concurrency is free and the limit grows (doubling
 while latency is flat); when latency grows with concurrency, the threads only
 queue for the GIL (or the endpoint is saturated) and the limit shrinks towards
 ``limit * min_latency / latency`` plus a little headroom. A window whose *every*
-2xx took 20 ms or more lifts the limit to ``max_workers`` at once: such an
+2xx took 5 ms or more lifts the limit to ``max_workers`` at once: such an
 endpoint is slow, and concurrency is what it needs. (One slow 2xx is not
 enough: with many threads runnable, an attempt waits that long for the GIL
 now and then, and taking it for a slow endpoint kept 16 threads convoying on
@@ -29,9 +29,9 @@ import time
 
 __all__ = ["ConcurrencyLimit"]
 
-# A window of 2xx all slower than this means the endpoint, not the GIL, sets the pace:
+# A window of 2xx all slower than this (a GIL wait delays some attempts, never all) means the endpoint, not the GIL, sets the pace:
 # every worker is useful at once (a slow endpoint must not wait for the gradual ramp).
-_SLOW_S = 0.02
+_SLOW_S = 0.005
 # The long-term minimum latency creeps up by this fraction per second, so a
 # permanently slower endpoint is learnt again.
 _MIN_DECAY_PER_S = 0.05
