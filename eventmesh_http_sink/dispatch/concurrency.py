@@ -29,8 +29,9 @@ import time
 
 __all__ = ["ConcurrencyLimit"]
 
-# A window of 2xx all slower than this (a GIL wait delays some attempts, never all) means the endpoint, not the GIL, sets the pace:
-# every worker is useful at once (a slow endpoint must not wait for the gradual ramp).
+# A window of 2xx all slower than this (a GIL wait delays some attempts, never all)
+# means the endpoint, not the GIL, sets the pace: every worker is useful at once (a
+# slow endpoint must not wait for the gradual ramp).
 _SLOW_S = 0.005
 # The long-term minimum latency creeps up by this fraction per second, so a
 # permanently slower endpoint is learnt again.
