@@ -1,4 +1,6 @@
-"""The record Future builds no Condition until someone waits, and stays a concurrent.futures.Future (issue 14).
+"""The record Future makes no Condition until someone waits; it stays a concurrent.futures.Future.
+
+Issue 14, second phase.
 
 Every caller-visible part of ``concurrent.futures.Future`` is exercised on a
 :class:`RecordFuture` resolved from another thread: ``result``/``exception``
@@ -97,14 +99,18 @@ def test_done_callbacks_added_while_resolving_run_exactly_once() -> None:
         calls: list[int] = []
         t = _resolve_later([f])
         for i in range(20):
-            f.add_done_callback(lambda fut, i=i: calls.append(i))
+            f.add_done_callback(lambda fut, i=i, calls=calls: calls.append(i))
         t.join()
         assert sorted(calls) == list(range(20))
 
 
 @pytest.mark.parametrize(
     "when",
-    [concurrent.futures.ALL_COMPLETED, concurrent.futures.FIRST_COMPLETED, concurrent.futures.FIRST_EXCEPTION],
+    [
+        concurrent.futures.ALL_COMPLETED,
+        concurrent.futures.FIRST_COMPLETED,
+        concurrent.futures.FIRST_EXCEPTION,
+    ],
 )
 def test_concurrent_futures_wait_sees_every_resolution(when: str) -> None:
     for _ in range(100):
@@ -133,4 +139,5 @@ def test_the_connector_s_futures_work_with_wait_and_as_completed() -> None:
         done, not_done = concurrent.futures.wait(futures, timeout=60)
         assert not not_done and len(done) == 200
         more = [sink.put(ConnectRecord({"i": i})) for i in range(200)]
-        assert {f.result(timeout=60).status for f in concurrent.futures.as_completed(more, timeout=60)} == {200}
+        statuses = {f.result(timeout=60).status for f in concurrent.futures.as_completed(more, timeout=60)}
+        assert statuses == {200}

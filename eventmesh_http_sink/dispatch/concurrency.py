@@ -60,8 +60,7 @@ class ConcurrencyLimit:
         """Record one attempt's duration; ``True`` when the limit was raised."""
         self._sum += latency
         self._count += 1
-        if latency < self._fastest:
-            self._fastest = latency
+        self._fastest = min(self._fastest, latency)
         if self._count < 4 * self.limit or not self._updating.acquire(blocking=False):
             return False
         try:
