@@ -11,8 +11,9 @@ at its observed minimum, more concurrency is free and the limit grows (doubling
 while latency is flat); when latency grows with concurrency, the threads only
 queue for the GIL (or the endpoint is saturated) and the limit shrinks towards
 ``limit * min_latency / latency`` plus a little headroom. A window whose *every*
-2xx took 5 ms or more lifts the limit to ``max_workers`` at once: such an
-endpoint is slow, and concurrency is what it needs. (One slow 2xx is not
+2xx took 5 ms or more lifts the limit to ``max_workers`` at once (and so does
+the first 2xx over 20 ms of an endpoint never seen fast): such an endpoint is slow,
+and concurrency is what it needs. (One slow 2xx is not
 enough: with many threads runnable, an attempt waits that long for the GIL
 now and then, and taking it for a slow endpoint kept 16 threads convoying on
 the GIL against a fast one.)
@@ -33,6 +34,9 @@ __all__ = ["ConcurrencyLimit"]
 # means the endpoint, not the GIL, sets the pace: every worker is useful at once (a
 # slow endpoint must not wait for the gradual ramp).
 _SLOW_S = 0.005
+# One 2xx this slow, from an endpoint never seen answering fast (the connector's first
+# answers: connecting and starting threads take a few ms), lifts the limit at once.
+_SLOW_FIRST_S = 0.02
 # The long-term minimum latency creeps up by this fraction per second, so a
 # permanently slower endpoint is learnt again.
 _MIN_DECAY_PER_S = 0.05
@@ -60,7 +64,12 @@ class ConcurrencyLimit:
         """Record one attempt's duration; ``True`` when the limit was raised."""
         self._sum += latency
         self._count += 1
-        self._fastest = min(self._fastest, latency)
+        fastest = self._fastest = min(self._fastest, latency)
+        if fastest >= _SLOW_FIRST_S and self._min >= _SLOW_FIRST_S and self.limit < self.maximum:
+            # Nothing fast seen yet, in this window or ever: a slow endpoint from the start
+            # gets every worker with its first answer (a GIL wait never meets both tests).
+            self.limit = self.maximum
+            return True
         if self._count < 4 * self.limit or not self._updating.acquire(blocking=False):
             return False
         try:
