@@ -214,8 +214,11 @@ def child(args: argparse.Namespace) -> None:
         cpu1, vol1, invol1 = _cpu()
         caller = time.thread_time() - caller0
         after_sites = _read_sites() if args.mode == "locks" else {}
-        rt = getattr(sink, "_rt", None)  # profiling only: the loops the adaptive limit allowed
-        limit = getattr(getattr(rt, "limit", None), "limit", None)
+        # Profiling only: the loops the adaptive limit allowed (the runtime's dispatcher).
+        process = getattr(sink, "_process", None)
+        rt = process.current() if process is not None else getattr(sink, "_rt", None)
+        dispatcher = getattr(rt, "dispatcher", rt)
+        limit = getattr(getattr(dispatcher, "limit", None), "limit", None)
         threads = threading.active_count()
     sites = {}
     for site, after in after_sites.items():

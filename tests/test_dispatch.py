@@ -29,6 +29,29 @@ def test_limit_stays_low_when_latency_grows_with_concurrency() -> None:
     assert min(seen) >= 1
 
 
+def test_one_slow_2xx_now_and_then_is_a_gil_wait_not_a_slow_endpoint() -> None:
+    # Issue 14: with many threads runnable an attempt sometimes waits 5-50 ms for the GIL;
+    # that must not lift the limit to max_workers against a fast endpoint.
+    limit = ConcurrencyLimit(16)
+    for i in range(2000):
+        limit.observe(0.050 if i % 7 == 6 else 0.0002 * limit.limit)  # an endpoint seen fast first
+    assert limit.limit < 16
+
+
+def test_a_window_of_slow_2xx_lifts_the_limit_to_max_at_once() -> None:
+    limit = ConcurrencyLimit(16)
+    for _ in range(40):  # a fast endpoint first: the limit settles below max
+        limit.observe(0.0005)
+    assert limit.limit < 16
+    raised = [limit.observe(0.030) for _ in range(4 * limit.limit)]  # then one window all slow
+    assert any(raised) and limit.limit == 16
+
+
+def test_the_first_slow_2xx_of_a_fresh_connector_lifts_the_limit_at_once() -> None:
+    limit = ConcurrencyLimit(16)
+    assert limit.observe(0.030) and limit.limit == 16
+
+
 def test_limit_never_exceeds_maximum_or_drops_below_one() -> None:
     limit = ConcurrencyLimit(3, initial=50)
     assert limit.limit == 3

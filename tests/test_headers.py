@@ -143,9 +143,34 @@ def test_request_heads_stop_caching_when_every_request_has_its_own_head() -> Non
     from eventmesh_http_sink.wire.headers import RequestHeads
 
     heads = RequestHeads()
-    for i in range(2 * RequestHeads.MAX_HEADS + 1):  # e.g. CloudEvents binary: a ce-id per record
-        data, _ = heads.encode("POST", "/", "h", {"ce-id": str(i)}, b"x", close=False)
-        assert f"ce-id: {i}\r\n".encode() in data
+    for i in range(2 * RequestHeads.MAX_HEADS + 1):  # e.g. a header_fn giving each record its own
+        data, _ = heads.encode("POST", "/", "h", {"X-Seq": str(i)}, b"x", close=False)
+        assert f"X-Seq: {i}\r\n".encode() in data
     assert not heads.caching
-    data, _ = heads.encode("POST", "/", "h", {"ce-id": "last"}, b"x", close=False)
-    assert b"ce-id: last\r\n" in data
+    data, _ = heads.encode("POST", "/", "h", {"X-Seq": "last"}, b"x", close=False)
+    assert b"X-Seq: last\r\n" in data
+
+
+def test_request_heads_keep_caching_with_signing_tracing_and_cloudevents_binary() -> None:
+    # Issue 14: those features give every request its own values; they are not part of the head.
+    from eventmesh_http_sink.wire.headers import RequestHeads
+
+    heads = RequestHeads()
+    for i in range(4 * RequestHeads.MAX_HEADS):
+        headers = {
+            "User-Agent": "u",
+            "ce-id": f"id-{i}",
+            "ce-time": f"t{i}",
+            "ce-source": "/s",
+            "Idempotency-Key": f"k{i}",
+            "webhook-id": f"k{i}",
+            "webhook-timestamp": str(i),
+            "webhook-signature": f"v1,{i}",
+            "traceparent": f"00-{i:032x}-{i:016x}-01",
+            "tracestate": f"a={i}",
+        }
+        data, _ = heads.encode("POST", "/", "h", headers, b"xy", close=False)
+        want, _ = encode_request("POST", "/", "h", headers, b"xy", close=False)
+        assert _lines(data) == _lines(want)
+        assert data.endswith(b"Content-Length: 2\r\n\r\nxy")
+    assert heads.caching

@@ -10,9 +10,13 @@ every thread waits on the network, and all ``max_workers`` are needed.
 at its observed minimum, more concurrency is free and the limit grows (doubling
 while latency is flat); when latency grows with concurrency, the threads only
 queue for the GIL (or the endpoint is saturated) and the limit shrinks towards
-``limit * min_latency / latency`` plus a little headroom. A single 2xx slower than
-20 ms lifts the limit to ``max_workers`` at once: such an endpoint is slow, and
-concurrency is what it needs.
+``limit * min_latency / latency`` plus a little headroom. A window whose *every*
+2xx took 5 ms or more lifts the limit to ``max_workers`` at once (and so does
+the first 2xx over 20 ms of an endpoint never seen fast): such an endpoint is slow,
+and concurrency is what it needs. (One slow 2xx is not
+enough: with many threads runnable, an attempt waits that long for the GIL
+now and then, and taking it for a slow endpoint kept 16 threads convoying on
+the GIL against a fast one.)
 
 Observations are added without a lock (a lost sample costs nothing); the
 update at the end of a window runs in one thread at a time.
@@ -26,9 +30,13 @@ import time
 
 __all__ = ["ConcurrencyLimit"]
 
-# One 2xx slower than this means the endpoint, not the GIL, sets the pace: every
-# worker is useful at once (a slow endpoint must not wait for the gradual ramp).
-_SLOW_S = 0.02
+# A window of 2xx all slower than this (a GIL wait delays some attempts, never all)
+# means the endpoint, not the GIL, sets the pace: every worker is useful at once (a
+# slow endpoint must not wait for the gradual ramp).
+_SLOW_S = 0.005
+# One 2xx this slow, from an endpoint never seen answering fast (the connector's first
+# answers: connecting and starting threads take a few ms), lifts the limit at once.
+_SLOW_FIRST_S = 0.02
 # The long-term minimum latency creeps up by this fraction per second, so a
 # permanently slower endpoint is learnt again.
 _MIN_DECAY_PER_S = 0.05
@@ -48,16 +56,20 @@ class ConcurrencyLimit:
         self._sum = 0.0
         self._count = 0
         self._min = math.inf
+        self._fastest = math.inf  # the fastest attempt of the current window
         self._last = time.monotonic()
         self._updating = threading.Lock()
 
     def observe(self, latency: float) -> bool:
         """Record one attempt's duration; ``True`` when the limit was raised."""
-        if latency >= _SLOW_S and self.limit < self.maximum:
-            self.limit = self.maximum  # too fast a flip is undone by the next window
-            return True
         self._sum += latency
         self._count += 1
+        fastest = self._fastest = min(self._fastest, latency)
+        if fastest >= _SLOW_FIRST_S and self._min >= _SLOW_FIRST_S and self.limit < self.maximum:
+            # Nothing fast seen yet, in this window or ever: a slow endpoint from the start
+            # gets every worker with its first answer (a GIL wait never meets both tests).
+            self.limit = self.maximum
+            return True
         if self._count < 4 * self.limit or not self._updating.acquire(blocking=False):
             return False
         try:
@@ -65,9 +77,14 @@ class ConcurrencyLimit:
             if count <= 0:
                 return False
             avg = self._sum / count
+            fastest = self._fastest
             self._sum = 0.0
             self._count = 0
+            self._fastest = math.inf
             old = self.limit
+            if fastest >= _SLOW_S:  # every attempt of the window was slow: the endpoint is
+                self.limit = self.maximum  # (too fast a flip is undone by the next window)
+                return self.limit > old
             now = time.monotonic()
             self._min = min(self._min * (1.0 + _MIN_DECAY_PER_S * (now - self._last)), avg)
             self._last = now

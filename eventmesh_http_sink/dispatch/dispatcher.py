@@ -157,13 +157,18 @@ class Dispatcher:
         return False
 
     def _enqueue(self, unit: Unit) -> None:
-        with self._lock:
-            self._queue.append(unit)
-            spawn = self._workers < self._limit.limit and not self._closing
+        # No lock while enough loops run: the record goes on the queue first, then the
+        # loop count is read; a loop leaving gives its slot back first, then looks at the
+        # queue again (_work). Under the GIL one of the two sees the other: no record
+        # is stranded.
+        self._queue.append(unit)
+        if self._workers < self._limit.limit and not self._closing:
+            with self._lock:
+                spawn = self._workers < self._limit.limit and not self._closing
+                if spawn:
+                    self._workers += 1
             if spawn:
-                self._workers += 1
-        if spawn:
-            self._spawn()
+                self._spawn()
 
     def _spawn(self) -> None:
         # Called after reserving a worker slot (workers += 1 under the lock).
@@ -189,12 +194,17 @@ class Dispatcher:
                 try:
                     unit = queue.popleft()
                 except IndexError:
-                    with self._lock:  # _enqueue appends under this lock: no record is stranded
-                        if queue and not self._closing:
-                            continue
+                    with self._lock:  # give the slot back first, then look again (see _enqueue)
                         self._workers -= 1
                         holding = False
+                    if not queue or self._closing:
                         return
+                    with self._lock:  # a record came meanwhile: take a slot back, if one is free
+                        if self._workers >= limit.limit:
+                            return  # a running loop (or one _enqueue spawned) takes it
+                        self._workers += 1
+                        holding = True
+                    continue
                 if self._closing:
                     queue.clear()  # close claimed every queued record: free the thread for callbacks
                     continue

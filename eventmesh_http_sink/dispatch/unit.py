@@ -14,9 +14,11 @@ URL, each copy reporting to the record's :class:`~.strategies.BroadcastJoin`.
 from __future__ import annotations
 
 import contextvars
+import logging
 import threading
-from collections.abc import Iterator
-from concurrent.futures import Future
+import typing
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, InvalidStateError
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +51,15 @@ def running_callback_of(future: RecordFuture | None) -> Iterator[None]:
         _callback_of.future = outer
 
 
+# Future states (the strings concurrent.futures uses; compared by value).
+_RUNNING = "RUNNING"
+_FINISHED = "FINISHED"
+_DONE_STATES = ("CANCELLED", "CANCELLED_AND_NOTIFIED", _FINISHED)
+# Makes a RecordFuture's Condition, once, for the rare caller that waits on it.
+_make_condition = threading.Lock()
+_futures_log = logging.getLogger("concurrent.futures")  # where Future logs a done-callback's error
+
+
 class RecordFuture(Future[SendResult]):
     """The Future of one accepted record: a :class:`SendResult` or the record's :class:`SinkError`.
 
@@ -56,26 +67,112 @@ class RecordFuture(Future[SendResult]):
     ``exception()`` called from that very callback raise ``RuntimeError``: the
     Future cannot resolve before the callback returns.
 
+    It is a :class:`concurrent.futures.Future` in every way a caller can see
+    (``result``/``exception`` with a timeout, ``add_done_callback``,
+    ``concurrent.futures.wait`` and ``as_completed``), but it makes its
+    ``Condition`` only when someone needs one (a wait on an unfinished Future,
+    ``wait``/``as_completed``, ``cancel``...): most records are never waited on,
+    and the Condition (an ``RLock``, a waiter list, six lock rounds) was the
+    costliest object of a record's life. Without it, resolving is lock-free:
+
+    * the resolver writes the state, *then* looks for a Condition; a waiter
+      publishes the Condition, *then* reads the state under it. Under the GIL one
+      of the two always sees the other, so no wake-up is lost;
+    * done-callbacks are taken off their list with ``list.pop`` (atomic): each one
+      runs exactly once, in the resolving thread or, added after the end, in the
+      adding thread.
+
     Attributes:
         record_id: The record's id (named in the self-wait error).
     """
 
     def __init__(self, record_id: str) -> None:
-        super().__init__()
+        # Future.__init__ is not called: it would build the Condition. Its other fields:
+        # our futures start RUNNING (never CANCELLED: a record that is not delivered is
+        # reported through on_exception(SinkClosedError), like any failure).
+        self._state = _RUNNING
+        self._result: SendResult | None = None
+        self._exception: BaseException | None = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Callable[[Future[SendResult]], object]] = []
+        self._cond: threading.Condition | None = None
         self.record_id = record_id
-        # Our futures never enter CANCELLED: a record that is not delivered is
-        # reported through on_exception(SinkClosedError), like any failure.
-        self.set_running_or_notify_cancel()
+
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        # What Future's own methods and concurrent.futures.wait/as_completed lock.
+        cond = self._cond
+        if cond is None:
+            with _make_condition:
+                cond = self._cond
+                if cond is None:
+                    cond = self._cond = threading.Condition()
+        return cond
+
+    def done(self) -> bool:
+        """See :meth:`concurrent.futures.Future.done`."""
+        return self._state in _DONE_STATES
 
     def result(self, timeout: float | None = None) -> SendResult:
         """See :meth:`concurrent.futures.Future.result`."""
         self._refuse_own_callback()
+        if self._state == _FINISHED:  # no Condition for a Future that is already done
+            if self._exception is not None:
+                raise self._exception
+            return typing.cast(SendResult, self._result)
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """See :meth:`concurrent.futures.Future.exception`."""
         self._refuse_own_callback()
+        if self._state == _FINISHED:
+            return self._exception
         return super().exception(timeout)
+
+    def add_done_callback(self, fn: Callable[[Future[SendResult]], object]) -> None:
+        """See :meth:`concurrent.futures.Future.add_done_callback`."""
+        self._done_callbacks.append(fn)
+        if self._state in _DONE_STATES:  # resolved meanwhile: whoever pops it first runs it
+            self._invoke_callbacks()
+
+    def set_result(self, result: SendResult) -> None:
+        """See :meth:`concurrent.futures.Future.set_result` (the resolver calls it once)."""
+        if self._state in _DONE_STATES:
+            raise InvalidStateError(f"{self._state}: {self!r}")
+        self._result = result
+        self._finish()
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        """See :meth:`concurrent.futures.Future.set_exception` (the resolver calls it once)."""
+        if self._state in _DONE_STATES:
+            raise InvalidStateError(f"{self._state}: {self!r}")
+        self._exception = exception
+        self._finish()
+
+    def _finish(self) -> None:
+        self._state = _FINISHED  # first the state, then the look for a waiter (see the class doc)
+        cond = self._cond
+        if cond is not None:
+            with cond:
+                for waiter in self._waiters:
+                    if self._exception is not None:
+                        waiter.add_exception(self)
+                    else:
+                        waiter.add_result(self)
+                cond.notify_all()
+        self._invoke_callbacks()
+
+    def _invoke_callbacks(self) -> None:
+        callbacks = self._done_callbacks
+        while callbacks:
+            try:
+                fn = callbacks.pop(0)
+            except IndexError:  # another thread took the last one
+                return
+            try:
+                fn(self)
+            except Exception:
+                _futures_log.exception("exception calling callback for %r", self)
 
     def _refuse_own_callback(self) -> None:
         if getattr(_callback_of, "future", None) is self:

@@ -154,10 +154,13 @@ class Resolver:
 
     def resolve(self, unit: Unit, outcome: Outcome) -> bool:
         """Report ``unit``'s outcome once; later calls for the same unit do nothing."""
-        with self.lock:
-            if unit not in self._live:
-                return False
+        # The claim needs no lock: set.remove is one atomic step under the GIL (a Unit
+        # hashes by identity, in C), so of two threads removing the same unit exactly
+        # one succeeds. claim_all pops one unit at a time for the same reason.
+        try:
             self._live.remove(unit)
+        except KeyError:
+            return False
         self.finish(unit, outcome)
         return True
 
@@ -166,9 +169,14 @@ class Resolver:
 
         Broadcast copies are dropped: their record is claimed with them.
         """
-        with self.lock:
-            units = list(self._live)
-            self._live.clear()
+        live = self._live
+        units = []
+        with self.lock:  # ordered after any admit() still adding a record
+            while True:  # one atomic pop per unit: a worker's resolve() cannot claim it too
+                try:
+                    units.append(live.pop())
+                except KeyError:
+                    break
         return [unit for unit in units if unit.join is None]
 
     def finish(self, unit: Unit, outcome: Outcome) -> None:

@@ -189,20 +189,34 @@ def encode_request(
 # request's headers is usually the same for every request of a connector.
 _IDEMPOTENCY_KEY = "Idempotency-Key"
 _EXTENSION = "extension"
+# Fields the optional features give each request (Standard Webhooks signing, the
+# attempt's trace context, CloudEvents binary mode's id and time), in the spelling
+# they use: kept out of the cached head once a request carries one of them.
+_PER_REQUEST = (
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "traceparent",
+    "tracestate",
+    "ce-id",
+    "ce-time",
+)
 
 
 class RequestHeads:
     """:func:`encode_request` for one transport, the fields that do not vary encoded once.
 
     A request's head is its request line, ``Host``, the connector's and the
-    user's headers, and three fields that change per record: ``Idempotency-Key``,
-    the ``extension`` header and ``Content-Length``. The rest is encoded on
+    user's headers, and the fields that change per record: ``Idempotency-Key``,
+    the ``extension`` header and ``Content-Length``, plus (once a request carries
+    one) the signature's ``webhook-*`` fields, ``traceparent``/``tracestate`` and
+    CloudEvents binary mode's ``ce-id``/``ce-time``. The rest is encoded on
     first use and kept (keyed by every name and value, so a changed header is a
     new head); each request then costs one dict copy, one dict comparison with
     the last head's headers and one bytes format instead of a line per header.
     The two per-record fields go out after the others, ``Content-Length`` last.
 
-    When heads keep changing anyway (a ``header_fn`` or CloudEvents binary mode
+    When heads keep changing anyway (a ``header_fn`` or CloudEvents extensions
     giving each record its own fields) the cache only costs: after
     :data:`MAX_HEADS` distinct heads twice over it turns itself off and every
     request is encoded whole, as :func:`encode_request` does.
@@ -219,6 +233,7 @@ class RequestHeads:
         # comparison finds it again, without building and hashing a key.
         self._last: tuple[tuple[object, ...], dict[str, str], bytes, bool] = ((), {}, b"", False)
         self._fills = 0
+        self._per_request = False  # the _PER_REQUEST fields are taken out of every head
         self.caching = True
 
     def encode(
@@ -234,26 +249,36 @@ class RequestHeads:
         fixed = headers.copy()
         key = fixed.pop(_IDEMPOTENCY_KEY, None)
         extension = fixed.pop(_EXTENSION, None)
+        varying = ""
+        if self._per_request:  # signing, tracing or CloudEvents binary mode seen
+            for name in _PER_REQUEST:
+                value = fixed.pop(name, None)
+                if value is not None:
+                    varying += f"{name}: {value}\r\n"
         request = (method, target, host, close)
         last = self._last
         if last[0] == request and last[1] == fixed:
             prefix, close = last[2], last[3]
         else:
+            if not self._per_request and any(name in fixed for name in _PER_REQUEST):
+                self._per_request = True  # from now on those fields are not part of a head
+                return self.encode(method, target, host, headers, body, close=close)
             ident = (*request, *fixed.items())
             entry = self._heads.get(ident)
             if entry is None:
                 entry = self._new_head(ident, method, target, host, fixed, close)
             self._last = (request, fixed, *entry)
             prefix, close = entry
-        if extension is None and key is not None:  # the usual record
+        if extension is None and key is not None and not varying:  # the usual record
             return (
                 b"%sIdempotency-Key: %s\r\nContent-Length: %d\r\n\r\n%s"
                 % (prefix, key.encode("latin-1"), len(body), body),
                 close,
             )
-        varying = "" if key is None else f"Idempotency-Key: {key}\r\n"
         if extension is not None:
-            varying += f"extension: {extension}\r\n"
+            varying = f"extension: {extension}\r\n{varying}"
+        if key is not None:
+            varying = f"Idempotency-Key: {key}\r\n{varying}"
         return (
             b"%s%sContent-Length: %d\r\n\r\n%s" % (prefix, varying.encode("latin-1"), len(body), body),
             close,
