@@ -75,9 +75,10 @@ class RecordFuture(Future[SendResult]):
     and the Condition (an ``RLock``, a waiter list, six lock rounds) was the
     costliest object of a record's life. Without it, resolving is lock-free:
 
-    * the resolver writes the state, *then* looks for a Condition; a waiter
-      publishes the Condition, *then* reads the state under it. Under the GIL one
-      of the two always sees the other, so no wake-up is lost;
+    * with no Condition yet, the resolver writes the state under the module lock
+      that makes Conditions (one uncontended lock round); once a Condition exists,
+      the state changes under it, as in ``concurrent.futures``, so a waiter sees
+      the Future either running (and is notified) or done (and is not), never both;
     * done-callbacks are taken off their list with ``list.pop`` (atomic): each one
       runs exactly once, in the resolving thread or, added after the end, in the
       adding thread.
@@ -150,10 +151,21 @@ class RecordFuture(Future[SendResult]):
         self._finish()
 
     def _finish(self) -> None:
-        self._state = _FINISHED  # first the state, then the look for a waiter (see the class doc)
         cond = self._cond
+        if cond is None:
+            # The lock that makes Conditions: either no Condition exists and none can
+            # appear before the state is written (a later waiter sees FINISHED), or one
+            # appeared meanwhile and the state must change under it (below).
+            with _make_condition:
+                cond = self._cond
+                if cond is None:
+                    self._state = _FINISHED
         if cond is not None:
+            # As concurrent.futures does: the state changes under the Condition, so a
+            # wait() installing its waiter sees the Future either running (and is
+            # notified) or done (and is not), never both: both would count it twice.
             with cond:
+                self._state = _FINISHED
                 for waiter in self._waiters:
                     if self._exception is not None:
                         waiter.add_exception(self)
