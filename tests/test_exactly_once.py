@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
-import signal
 import subprocess
 import sys
 import textwrap
@@ -40,6 +38,7 @@ from eventmesh_http_sink import (
 from eventmesh_http_sink.testing import Reply, free_port
 
 from .conftest import Recorder
+from .forking import run_in_forked_child
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout under test
 
@@ -382,47 +381,6 @@ def fork_only(test: Callable[..., None]) -> Callable[..., None]:
     )
 
 
-def _run_forked(target: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """Run ``target`` in a forked child; return its JSON answer. A child that hangs is killed and fails."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never return into pytest
-        code = 1
-        try:
-            os.close(read_fd)
-            try:
-                payload = {"ok": target()}
-            except BaseException as exc:
-                payload = {"error": f"{type(exc).__name__}: {exc}"}
-            with os.fdopen(write_fd, "w") as out:
-                json.dump(payload, out)
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    chunks = []
-    end = time.monotonic() + timeout
-    try:
-        while True:
-            ready, _, _ = select.select([read_fd], [], [], max(0.0, end - time.monotonic()))
-            if not ready:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                pytest.fail(f"the forked child hung for {timeout} s (killed)")
-            data = os.read(read_fd, 65536)
-            if not data:
-                break
-            chunks.append(data)
-    finally:
-        os.close(read_fd)
-    _, status = os.waitpid(pid, 0)
-    raw = b"".join(chunks).decode()
-    assert os.waitstatus_to_exitcode(status) == 0, raw
-    payload = json.loads(raw)
-    assert "error" not in payload, payload.get("error")
-    return payload["ok"]
-
-
 @fork_only
 def test_item5_fixed_serve_port_does_not_break_a_forked_child(server):
     port = free_port()
@@ -443,7 +401,7 @@ def test_item5_fixed_serve_port_does_not_break_a_forked_child(server):
             sink.close(5)
             return {"pid": os.getpid(), "statuses": statuses, "ids": ids, "flushed": flushed, "url": served}
 
-        facts = _run_forked(child)
+        facts = run_in_forked_child(child, timeout=20.0)
         assert facts["statuses"] == [200] * 5
         assert facts["flushed"] is True
         assert {f"c{facts['pid']}-{i}" for i in range(5)} <= set(facts["ids"]), "export() in the child"
@@ -479,7 +437,7 @@ def test_item5_process_connector_lock_held_at_fork_does_not_stick_the_child(serv
 
     try:
         for _ in range(8):
-            assert _run_forked(child, timeout=10) == 200
+            assert run_in_forked_child(child, timeout=10) == 200
     finally:
         stop.set()
         spinner.join(5)

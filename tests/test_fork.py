@@ -48,6 +48,8 @@ from eventmesh_http_sink.scheduling.ratelimit import TokenBucket
 from eventmesh_http_sink.testing import FaultServer, Reply
 from eventmesh_http_sink.wire.request_options import BearerToken
 
+from .forking import run_in_forked_child
+
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork"),
     # Python 3.12+ warns about fork() in a threaded process: forking with threads
@@ -164,31 +166,6 @@ def _check_parent(server, sink, futures, recorder, child_pids) -> None:
     assert sink.put(ConnectRecord("after", record_id="after-fork")).result(timeout=5).status == 200
 
 
-def _run_in_forked_child(target) -> int:
-    """os.fork(): run target in the child, send its JSON to the parent, leave with os._exit."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never return into pytest
-        code = 1
-        try:
-            os.close(read_fd)
-            try:
-                payload = {"ok": target()}
-            except BaseException as exc:
-                payload = {"error": f"{type(exc).__name__}: {exc}"}
-            with os.fdopen(write_fd, "w") as out:
-                json.dump(payload, out)
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as inp:
-        raw = inp.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, raw
-    payload = json.loads(raw)
-    assert "error" not in payload, payload.get("error")
-    return payload["ok"]
 
 
 @pytest.mark.parametrize("transport", ["urllib3", "requests"])
@@ -196,7 +173,7 @@ def test_os_fork_child_gets_fresh_runtime_and_parent_keeps_its_records(server, r
     session = requests.Session() if transport == "requests" else None
     sink, futures = _parent_with_records_in_flight(server, recorder, transport=session)
     try:
-        facts = _run_in_forked_child(lambda: _child_work(sink, futures, recorder))
+        facts = run_in_forked_child(lambda: _child_work(sink, futures, recorder))
         _check_child(facts)
         _check_parent(server, sink, futures, recorder, [facts["pid"]])
     finally:
@@ -212,12 +189,12 @@ def test_grandchild_of_a_child_with_records_in_flight(server, recorder):
         # The child puts records the server holds, forks while they are in flight,
         # and its grandchild delivers its own over new connections.
         held = [sink.put(ConnectRecord(i, record_id=f"p-child-{os.getpid()}-{i}")) for i in range(2)]
-        grandchild = _run_in_forked_child(lambda: _child_work(sink, held, recorder))
+        grandchild = run_in_forked_child(lambda: _child_work(sink, held, recorder))
         held_statuses = [f.result(timeout=10).status for f in held]
         return {"pid": os.getpid(), "grandchild": grandchild, "held": held_statuses}
 
     try:
-        facts = _run_in_forked_child(child)
+        facts = run_in_forked_child(child)
         _check_child(facts["grandchild"])
         assert facts["held"] == [200, 200]
         grand_conns = {
@@ -284,7 +261,7 @@ def test_child_close_does_not_close_the_parent(server, recorder):
         return "still open"
 
     try:
-        assert _run_in_forked_child(child) == "closed"
+        assert run_in_forked_child(child) == "closed"
         assert not sink.closed
         assert all(f.result(timeout=10).status == 200 for f in futures)
         recorder.assert_exactly_once(["p-0", "p-1"])
@@ -304,7 +281,7 @@ def test_connector_closed_in_parent_stays_closed_in_child(server):
             return "closed"
         return "open"
 
-    assert _run_in_forked_child(child) == "closed"
+    assert run_in_forked_child(child) == "closed"
 
 
 def test_child_is_not_stuck_on_a_lock_the_parent_held_at_fork(server):
@@ -332,7 +309,7 @@ def test_child_is_not_stuck_on_a_lock_the_parent_held_at_fork(server):
             except TimeoutError:
                 return "stuck"
 
-        assert _run_in_forked_child(child) == 200
+        assert run_in_forked_child(child) == 200
         assert first.result(timeout=5).status == 200
         auth = {r.key: r.headers.get("authorization") for r in server.requests}
         assert auth["p-token"] == f"Bearer token-{parent_pid}"
@@ -356,7 +333,7 @@ def test_child_is_not_stuck_on_the_failover_lock_held_at_fork(server):
                 return "stuck"
 
         with sink._strategy._lock:
-            outcome = _run_in_forked_child(child)
+            outcome = run_in_forked_child(child)
         assert outcome == 200
     finally:
         sink.close(timeout=5)
@@ -398,7 +375,7 @@ def _child_uses_it_while_the_parent_holds_it(lock: Any, use: Callable[[], object
             worker.join(5)
             return "stuck" if worker.is_alive() else "ok"
 
-        return _run_in_forked_child(child)
+        return run_in_forked_child(child)
     finally:
         release.set()
         thread.join(10)
@@ -498,7 +475,7 @@ def test_a_forked_child_does_not_serve_a_fixed_serve_port_and_delivers(server):
             finally:
                 logging.getLogger("eventmesh_http_sink").removeHandler(lines)
 
-        facts = _run_in_forked_child(child)
+        facts = run_in_forked_child(child)
         assert facts["statuses"] == [200] * CHILD_RECORDS
         assert facts["other"] == [200, None]
         assert facts["export_url"] is None  # the endpoint is the parent's
@@ -525,7 +502,7 @@ def test_a_forked_child_serves_an_ephemeral_port_of_its_own(server):
             assert url is not None and _export_status(url) == 200
             return url
 
-        child_url = _run_in_forked_child(child)
+        child_url = run_in_forked_child(child)
         assert child_url is not None and child_url != parent_url
     finally:
         sink.close(timeout=5)
