@@ -24,7 +24,7 @@ import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from eventmesh_http_sink.dispatch.batching import batch_body, batch_key, split_outcomes
 from eventmesh_http_sink.errors import SinkError
@@ -75,7 +75,6 @@ class Attempts:
         retries: The timer where records wait out a retry backoff.
         waits: The timer where records wait for a rate-limit token or a circuit.
         sending: The dispatcher's set of units on the wire (for ``stats().in_flight``).
-        closing: Whether ``close`` reached its deadline: no attempt starts after it.
         next_index: The round-robin counter.
         base_headers: The connector's headers (batch requests start from them).
         tracer: The OpenTelemetry attempt tracer (``None`` unless ``tracing=True``).
@@ -94,7 +93,6 @@ class Attempts:
         retries: RetryScheduler[Unit],
         waits: RetryScheduler[Unit],
         sending: set[Unit],
-        closing: Callable[[], bool],
         next_index: Callable[[], int],
         base_headers: dict[str, str],
         tracer: AttemptTracer | None = None,
@@ -112,7 +110,12 @@ class Attempts:
         self._retries = retries
         self._waits = waits
         self._sending = sending
-        self._closing = closing
+        # close's deadline passed: no attempt starts (set once by the dispatcher, see stop()).
+        self.closing = False
+        # Only the features that watch attempts (breaker, result store) and a strategy that
+        # keeps state per URL (failover) need to hear of a 2xx: skip the calls otherwise.
+        self._watch = hooks.watches_attempts
+        self._report = strategy.reports
         self._next_index = next_index
         self._base_headers = base_headers
         self._method = config.method
@@ -120,8 +123,12 @@ class Attempts:
 
     # -- the guard -------------------------------------------------------------------------
 
-    def guarded(self, units: Sequence[Unit], step: Callable[[], bool]) -> bool:
-        """Run ``step`` for ``units``; whatever it raises, each unit ends with one outcome.
+    def stop(self) -> None:
+        """``close``'s deadline: no attempt starts from now on (an attempt under way ends)."""
+        self.closing = True
+
+    def guarded(self, units: Sequence[Unit], step: Callable[..., bool], *args: Any) -> bool:
+        """Run ``step(*args)`` for ``units``; whatever it raises, each unit ends with one outcome.
 
         Returns:
             What ``step`` returned (``True``: a 2xx whose latency may teach the
@@ -130,7 +137,7 @@ class Attempts:
         finished = False
         cause: BaseException | None = None
         try:
-            result = step()
+            result = step(*args)
             finished = True
             return result
         except BaseException as exc:  # a bug or user code: logged here, outcomes given below
@@ -156,7 +163,7 @@ class Attempts:
 
     def single(self, unit: Unit) -> bool:
         """One attempt for one unit (a worker loop's step); ``True`` on a 2xx."""
-        return self.guarded((unit,), lambda: self._single(unit))
+        return self.guarded((unit,), self._single, unit)
 
     def _single(self, unit: Unit) -> bool:
         if not self._resolver.is_live(unit):
@@ -171,7 +178,7 @@ class Attempts:
                 self._resolver.resolve(unit, verdict)
                 return False
             url = verdict  # round robin: another URL when this one's circuit is open
-        if self._closing():
+        if self.closing:
             return False  # close's deadline passed: close claimed this record, nothing starts now
         unit.url = url
         unit.attempts += 1
@@ -189,12 +196,12 @@ class Attempts:
 
     def batch(self, url: str, units: list[Unit]) -> None:
         """Send one batch to ``url`` (a worker task), then settle each record on its own."""
-        self.guarded(units, lambda: self._batch(url, units))
+        self.guarded(units, self._batch, url, units)
 
     def _batch(self, url: str, units: list[Unit]) -> bool:
         units = [u for u in units if self._resolver.is_live(u)]  # cancelled at close while batched
         batch = self._config.batch
-        if not units or batch is None or self._closing():
+        if not units or batch is None or self.closing:
             return False
         body, content_type = batch_body(
             [u.item for u in units], batch.format, self._config.encoding.startswith("cloudevents")
@@ -303,8 +310,10 @@ class Attempts:
         """After an attempt: the hooks, the strategy, then the outcome or a retry."""
         record = unit.record
         if error is None and response is not None:
-            self._hooks.after_attempt(record, unit.attempts, url, response, None)
-            self._strategy.report(unit, url, None, False)
+            if self._watch:
+                self._hooks.after_attempt(record, unit.attempts, url, response, None)
+            if self._report:
+                self._strategy.report(unit, url, None, False)
             result = SendResult(
                 record.record_id,
                 record.topic,
