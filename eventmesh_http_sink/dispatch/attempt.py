@@ -53,6 +53,15 @@ _log = logging.getLogger("eventmesh_http_sink")
 _NOT_SENT = SinkError("the attempt raised before it had an outcome")
 
 
+def _unexpected(exc: Exception, url: str) -> SinkError:
+    # What the transport raised that is not a SinkError: a bug, failing the attempt like any error.
+    err = SinkError(
+        f"unexpected {type(exc).__name__} sending to {redact_url(url)}: {redact_text(str(exc))}", url=url
+    )
+    err.__cause__ = exc
+    return err
+
+
 def _own_copy(error: SinkError) -> SinkError:
     # Each record's Future raises its own exception object: a shared one would
     # have its traceback and url rewritten by every record that raises it.
@@ -269,10 +278,22 @@ class Attempts:
             span, headers = trace(headers)
         outcome: tuple[Response, None] | tuple[None, SinkError] = (None, _NOT_SENT)
         try:
-            outcome = self.exchange(url, body, headers)
-            response = outcome[0]
-            if response is not None and not 200 <= response.status < 300:
-                outcome = None, status_error(response, url)
+            # The request on the wire; the bearer token and ``success_when`` are applied
+            # by the request options around the send (skipped when there are none).
+            try:
+                if self._passthrough:
+                    response = self._transport.send(self._method, url, body, headers)
+                else:
+                    response = self._options.send(self._transport, self._method, url, body, headers)
+            except SinkError as exc:
+                outcome = None, exc
+            except Exception as exc:  # a transport bug: the record's failure, retried like any
+                outcome = None, _unexpected(exc, url)
+            else:
+                if 200 <= response.status < 300:
+                    outcome = response, None
+                else:
+                    outcome = None, status_error(response, url)
         finally:
             if span is not None:  # ended whatever happened (a BaseException from success_when too)
                 ok, err = outcome
@@ -281,28 +302,6 @@ class Attempts:
                 elif err is not None:
                     span.end(err.status, err)
         return outcome
-
-    def exchange(
-        self, url: str, body: bytes, headers: dict[str, str]
-    ) -> tuple[Response, None] | tuple[None, SinkError]:
-        """The request on the wire, single or batch: ``(response, None)`` or ``(None, error)``.
-
-        ``body`` and ``headers`` are final here (the bearer token and
-        ``success_when`` are applied by the request options around the send).
-        """
-        try:
-            if self._passthrough:
-                return self._transport.send(self._method, url, body, headers), None
-            return self._options.send(self._transport, self._method, url, body, headers), None
-        except SinkError as exc:
-            return None, exc
-        except Exception as exc:  # a transport bug: the record's failure, retried like any
-            err = SinkError(
-                f"unexpected {type(exc).__name__} sending to {redact_url(url)}: {redact_text(str(exc))}",
-                url=url,
-            )
-            err.__cause__ = exc
-            return None, err
 
     def _settle(
         self, unit: Unit, url: str, response: Response | None, error: SinkError | None, now: float
