@@ -118,6 +118,29 @@ def test_failover_moves_on_and_cools_a_failing_url_down(servers: list[FaultServe
         assert sink.put(ConnectRecord({"i": 99})).result(5).url == primary.url
 
 
+def test_failover_counts_only_consecutive_failures(servers: list[FaultServer]) -> None:
+    # A 2xx resets the URL's failure count: 2 failures, a success, 2 failures never reach 3.
+    primary, backup, _ = servers
+    answers = iter([503, 503, 200, 503, 503, 200, 200])
+    primary.responder = lambda request: Reply(next(answers))
+    cfg = HttpSinkConfig(
+        [primary.url, backup.url],
+        delivery_strategy="failover",
+        failover_threshold=3,
+        failover_cooldown=60,
+        retry=RetryConfig(max_retries=0),
+    )
+    with HttpSinkConnector(cfg) as sink:
+        for i in range(7):  # one at a time: the order of answers is the order of records
+            future = sink.put(ConnectRecord({"i": i}))
+            if i in (2, 5, 6):
+                assert future.result(5).url == primary.url
+            else:
+                with pytest.raises(Exception, match="HTTP 503"):
+                    future.result(5)
+    assert len(primary.requests) == 7 and not backup.requests  # never cooled down
+
+
 def test_failover_does_not_blame_the_url_for_a_bad_record(servers: list[FaultServer]) -> None:
     primary, backup, _ = servers
     primary.responder = lambda request: Reply(400)  # not retryable: the record's fault

@@ -24,7 +24,7 @@ import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from eventmesh_http_sink.dispatch.batching import batch_body, batch_key, split_outcomes
 from eventmesh_http_sink.errors import SinkError
@@ -53,6 +53,15 @@ _log = logging.getLogger("eventmesh_http_sink")
 _NOT_SENT = SinkError("the attempt raised before it had an outcome")
 
 
+def _unexpected(exc: Exception, url: str) -> SinkError:
+    # What the transport raised that is not a SinkError: a bug, failing the attempt like any error.
+    err = SinkError(
+        f"unexpected {type(exc).__name__} sending to {redact_url(url)}: {redact_text(str(exc))}", url=url
+    )
+    err.__cause__ = exc
+    return err
+
+
 def _own_copy(error: SinkError) -> SinkError:
     # Each record's Future raises its own exception object: a shared one would
     # have its traceback and url rewritten by every record that raises it.
@@ -75,7 +84,6 @@ class Attempts:
         retries: The timer where records wait out a retry backoff.
         waits: The timer where records wait for a rate-limit token or a circuit.
         sending: The dispatcher's set of units on the wire (for ``stats().in_flight``).
-        closing: Whether ``close`` reached its deadline: no attempt starts after it.
         next_index: The round-robin counter.
         base_headers: The connector's headers (batch requests start from them).
         tracer: The OpenTelemetry attempt tracer (``None`` unless ``tracing=True``).
@@ -94,7 +102,6 @@ class Attempts:
         retries: RetryScheduler[Unit],
         waits: RetryScheduler[Unit],
         sending: set[Unit],
-        closing: Callable[[], bool],
         next_index: Callable[[], int],
         base_headers: dict[str, str],
         tracer: AttemptTracer | None = None,
@@ -112,7 +119,12 @@ class Attempts:
         self._retries = retries
         self._waits = waits
         self._sending = sending
-        self._closing = closing
+        # close's deadline passed: no attempt starts (set once by the dispatcher, see stop()).
+        self.closing = False
+        # Only the features that watch attempts (breaker, result store) and a strategy that
+        # keeps state per URL (failover) need to hear of a 2xx: skip the calls otherwise.
+        self._watch = hooks.watches_attempts
+        self._report = strategy.reports
         self._next_index = next_index
         self._base_headers = base_headers
         self._method = config.method
@@ -120,8 +132,12 @@ class Attempts:
 
     # -- the guard -------------------------------------------------------------------------
 
-    def guarded(self, units: Sequence[Unit], step: Callable[[], bool]) -> bool:
-        """Run ``step`` for ``units``; whatever it raises, each unit ends with one outcome.
+    def stop(self) -> None:
+        """``close``'s deadline: no attempt starts from now on (an attempt under way ends)."""
+        self.closing = True
+
+    def guarded(self, units: Sequence[Unit], step: Callable[..., bool], *args: Any) -> bool:
+        """Run ``step(*args)`` for ``units``; whatever it raises, each unit ends with one outcome.
 
         Returns:
             What ``step`` returned (``True``: a 2xx whose latency may teach the
@@ -130,7 +146,7 @@ class Attempts:
         finished = False
         cause: BaseException | None = None
         try:
-            result = step()
+            result = step(*args)
             finished = True
             return result
         except BaseException as exc:  # a bug or user code: logged here, outcomes given below
@@ -156,7 +172,7 @@ class Attempts:
 
     def single(self, unit: Unit) -> bool:
         """One attempt for one unit (a worker loop's step); ``True`` on a 2xx."""
-        return self.guarded((unit,), lambda: self._single(unit))
+        return self.guarded((unit,), self._single, unit)
 
     def _single(self, unit: Unit) -> bool:
         if not self._resolver.is_live(unit):
@@ -171,7 +187,7 @@ class Attempts:
                 self._resolver.resolve(unit, verdict)
                 return False
             url = verdict  # round robin: another URL when this one's circuit is open
-        if self._closing():
+        if self.closing:
             return False  # close's deadline passed: close claimed this record, nothing starts now
         unit.url = url
         unit.attempts += 1
@@ -189,12 +205,12 @@ class Attempts:
 
     def batch(self, url: str, units: list[Unit]) -> None:
         """Send one batch to ``url`` (a worker task), then settle each record on its own."""
-        self.guarded(units, lambda: self._batch(url, units))
+        self.guarded(units, self._batch, url, units)
 
     def _batch(self, url: str, units: list[Unit]) -> bool:
         units = [u for u in units if self._resolver.is_live(u)]  # cancelled at close while batched
         batch = self._config.batch
-        if not units or batch is None or self._closing():
+        if not units or batch is None or self.closing:
             return False
         body, content_type = batch_body(
             [u.item for u in units], batch.format, self._config.encoding.startswith("cloudevents")
@@ -262,10 +278,22 @@ class Attempts:
             span, headers = trace(headers)
         outcome: tuple[Response, None] | tuple[None, SinkError] = (None, _NOT_SENT)
         try:
-            outcome = self.exchange(url, body, headers)
-            response = outcome[0]
-            if response is not None and not 200 <= response.status < 300:
-                outcome = None, status_error(response, url)
+            # The request on the wire; the bearer token and ``success_when`` are applied
+            # by the request options around the send (skipped when there are none).
+            try:
+                if self._passthrough:
+                    response = self._transport.send(self._method, url, body, headers)
+                else:
+                    response = self._options.send(self._transport, self._method, url, body, headers)
+            except SinkError as exc:
+                outcome = None, exc
+            except Exception as exc:  # a transport bug: the record's failure, retried like any
+                outcome = None, _unexpected(exc, url)
+            else:
+                if 200 <= response.status < 300:
+                    outcome = response, None
+                else:
+                    outcome = None, status_error(response, url)
         finally:
             if span is not None:  # ended whatever happened (a BaseException from success_when too)
                 ok, err = outcome
@@ -275,36 +303,16 @@ class Attempts:
                     span.end(err.status, err)
         return outcome
 
-    def exchange(
-        self, url: str, body: bytes, headers: dict[str, str]
-    ) -> tuple[Response, None] | tuple[None, SinkError]:
-        """The request on the wire, single or batch: ``(response, None)`` or ``(None, error)``.
-
-        ``body`` and ``headers`` are final here (the bearer token and
-        ``success_when`` are applied by the request options around the send).
-        """
-        try:
-            if self._passthrough:
-                return self._transport.send(self._method, url, body, headers), None
-            return self._options.send(self._transport, self._method, url, body, headers), None
-        except SinkError as exc:
-            return None, exc
-        except Exception as exc:  # a transport bug: the record's failure, retried like any
-            err = SinkError(
-                f"unexpected {type(exc).__name__} sending to {redact_url(url)}: {redact_text(str(exc))}",
-                url=url,
-            )
-            err.__cause__ = exc
-            return None, err
-
     def _settle(
         self, unit: Unit, url: str, response: Response | None, error: SinkError | None, now: float
     ) -> bool:
         """After an attempt: the hooks, the strategy, then the outcome or a retry."""
         record = unit.record
         if error is None and response is not None:
-            self._hooks.after_attempt(record, unit.attempts, url, response, None)
-            self._strategy.report(unit, url, None, False)
+            if self._watch:
+                self._hooks.after_attempt(record, unit.attempts, url, response, None)
+            if self._report:
+                self._strategy.report(unit, url, None, False)
             result = SendResult(
                 record.record_id,
                 record.topic,

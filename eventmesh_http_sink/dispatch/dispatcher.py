@@ -104,7 +104,6 @@ class Dispatcher:
             retries=self.retries,
             waits=self.waits,
             sending=self._sending,
-            closing=lambda: self._closing,
             next_index=self._next_index,
             base_headers=base_headers,
             tracer=tracer,
@@ -129,7 +128,7 @@ class Dispatcher:
 
     def dispatch(self, unit: Unit) -> None:
         """Send a newly accepted record (called from ``put`` after its slot is taken). Never raises."""
-        self._attempts.guarded((unit,), lambda: self._dispatch(unit))
+        self._attempts.guarded((unit,), self._dispatch, unit)
 
     def _dispatch(self, unit: Unit) -> bool:
         if not self._broadcast:
@@ -145,7 +144,7 @@ class Dispatcher:
     def resubmit(self, unit: Unit) -> None:
         """A timer's wait is over: the unit goes back to a worker or its batch. Never raises."""
         if self._resolver.is_live(unit):
-            self._attempts.guarded((unit,), lambda: self._send_unit(unit))
+            self._attempts.guarded((unit,), self._send_unit, unit)
 
     def _send_unit(self, unit: Unit) -> bool:
         # To a worker loop, or into its URL's batch.
@@ -254,6 +253,7 @@ class Dispatcher:
         """``close``'s deadline: no attempt starts from now on, and no worker loop."""
         with self._lock:
             self._closing = True
+            self._attempts.stop()
 
     def abandon_in_flight(self) -> None:
         """After ``close`` claimed every record: requests still unwinding from the abort count no more.

@@ -24,6 +24,9 @@ __all__ = ["BroadcastJoin", "Failover", "RoundRobin", "Strategy", "make_strategy
 class Strategy(Protocol):
     """Chooses the URL of each attempt."""
 
+    #: Whether :meth:`report` keeps state (``False``: the caller may skip it after a 2xx).
+    reports: bool
+
     def choose(self, unit: Any, next_index: Callable[[], int]) -> str:
         """The URL of ``unit``'s next attempt (``unit.pin`` wins when set)."""
 
@@ -33,6 +36,8 @@ class Strategy(Protocol):
 
 class RoundRobin:
     """Each attempt goes to the next URL; the shared counter is lock-free."""
+
+    reports = False
 
     def __init__(self, urls: tuple[str, ...]) -> None:
         self._urls = urls
@@ -56,6 +61,8 @@ class Failover:
     ``cooldown`` seconds, then tried again. When every URL is cooling down the
     record's own next URL is tried anyway: failing over must not stop delivery.
     """
+
+    reports = True
 
     def __init__(self, urls: tuple[str, ...], threshold: int, cooldown: float) -> None:
         self._urls = urls

@@ -52,6 +52,8 @@ class Hooks:
         # their URL, and failover keeps its own order.
         self.reroute = config.delivery_strategy == "round_robin"
         self.active = bool(self.bucket or self.breaker)
+        #: Whether :meth:`after_attempt` does anything (a breaker or a result store).
+        self.watches_attempts = self.breaker is not None or store is not None
         self._lock = threading.Lock()
         self._reserved: set[Any] = set()  # records holding a rate-limit token they waited for
         self.rate_waits = 0
