@@ -166,6 +166,9 @@ class Result(NamedTuple):
     reusable: bool
 
 
+_new_result = tuple.__new__
+
+
 class _Response:
     """The llhttp callbacks: state of one response being parsed."""
 
@@ -217,8 +220,6 @@ class _Response:
     def on_message_begin(self) -> None:
         if self.done:
             raise _After
-        self.reason = b""
-        self.fields = []
 
     def on_status(self, data: bytes) -> None:
         self.reason += data
@@ -240,13 +241,17 @@ class _Response:
             self.interim += 1
             if self.interim > MAX_INTERIM:
                 raise _Refused(f"more than {MAX_INTERIM} interim 1xx responses")
+            self.reason = b""  # the next message's, from a fresh start
+            self.fields = []
             return
         self.status = status
         self.head = fields
         self.fields = []  # trailers, read and dropped as http.client does, but counted
-        if _has(fields, b"content-encoding"):
-            self.encoded = True
-            self.keep = -1  # keep it all (bounded by the drain limit): the caller decodes it
+        for name, _ in fields:  # _has(fields, b"content-encoding"), inline: this runs per response
+            if len(name) == 16 and name.lower() == b"content-encoding":
+                self.encoded = True
+                self.keep = -1  # keep it all (bounded by the drain limit): the caller decodes it
+                break
         if self.head_only:
             self.keep_alive = parser.should_keep_alive()
             self.done = True  # a HEAD response has no body, whatever its headers say
@@ -283,14 +288,18 @@ class _Response:
         assert head is not None  # noqa: S101 - only called once the head is complete
         headers = Headers(head)
         parts = self.parts
-        return Result(
-            self.status,
-            self.reason.decode("latin-1"),
-            headers,
-            parts[0] if len(parts) == 1 else _joined(parts),
-            headers.get("Content-Encoding") if self.encoded else None,
-            complete,
-            reusable,
+        # tuple.__new__ straight: a NamedTuple's own __new__ is a Python function (a frame per response).
+        return _new_result(
+            Result,
+            (
+                self.status,
+                self.reason.decode("latin-1"),
+                headers,
+                parts[0] if len(parts) == 1 else _joined(parts),
+                headers.get("Content-Encoding") if self.encoded else None,
+                complete,
+                reusable,
+            ),
         )
 
     def framed(self) -> bool:

@@ -7,8 +7,9 @@ keep-alive connections) and never follows redirects: retrying is the
 connector's job (it must not park a worker), and a redirect could carry
 credentials to another host.
 
-:class:`Urllib3Transport` (the default) keeps one urllib3 connection pool per
-host; urllib3 connects and does TLS, and the request and response go through
+:class:`Urllib3Transport` (the default) keeps the connections of each host in a
+:class:`.pool_access.Connections`; urllib3 makes and connects them (TLS
+included), and the request and response go through
 :mod:`.http11` (llhttp), the same code for http and https.
 :class:`RequestsTransport` wraps a caller's ``requests.Session`` for those who
 need its auth, proxies or adapters (``urlopen`` under it).
@@ -137,7 +138,7 @@ def _reason(exc: BaseException) -> str:
 
 
 class Urllib3Transport:
-    """The default transport: one blocking urllib3 pool per host, the exchange by llhttp.
+    """The default transport: a bounded set of kept-alive connections per host, the exchange by llhttp.
 
     At most ``pool_maxsize`` connections are open to one host (the pool blocks
     for a free one), connections are kept alive and reused, and the configured
@@ -202,6 +203,7 @@ class Urllib3Transport:
 
     def _new_pool(self, scheme: str, host: str, port: int) -> urllib3.HTTPConnectionPool:
         cfg = self._config
+        # The pool makes connections (its settings: host, TLS, timeouts); Connections keeps them.
         kwargs: dict[str, Any] = {
             "maxsize": cfg.pool_maxsize,
             "block": True,
