@@ -183,7 +183,7 @@ def test_bytes_past_content_length_in_the_same_read_close_the_connection(raw: Sc
 
 def test_bytes_written_later_are_caught_by_urllib3s_check_before_reuse(raw: ScriptServer) -> None:
     # The extra answer arrives after the message was read: only a readability
-    # check right before reuse (urllib3's is_connection_dropped in _get_conn) sees it.
+    # check right before reuse (pool_access.Connections.take, as urllib3's is_connection_dropped) sees it.
     raw.script((b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 0.2, response(200, b"WRONG")))
     t = _transport(raw)
     assert t.send("POST", raw.url, b"a", {}).body == b"ok"

@@ -24,7 +24,7 @@ What llhttp leaves to its caller is done here:
   and at most :data:`MAX_HEAD` bytes read without body progress (a head, chunk
   framing or trailers that never end);
 * every ``recv`` is bounded by the read timeout and by the attempt's deadline,
-  whichever comes first;
+  whichever comes first (see :func:`exchange` on how);
 * the connection is reusable only when the final message ended cleanly, llhttp
   says keep-alive, and no byte followed the message.
 
@@ -35,7 +35,10 @@ bytes kept, as the urlopen path does.
 
 from __future__ import annotations
 
+import socket
 import ssl
+import struct
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -55,6 +58,12 @@ MAX_HEAD = 64 * 1024
 MAX_FIELDS = 100  # http.client's limit for a head
 MAX_INTERIM = 10
 _local = threading.local()
+# A request up to this size goes out in one send on an idle connection (Linux's default
+# initial send buffer, tcp_wmem, is 16 KiB): a blocking send of it cannot trickle for long.
+_SEND_AT_ONCE = 16 * 1024
+# Where SO_RCVTIMEO/SO_SNDTIMEO take a struct timeval and a timed-out blocking call fails
+# with EAGAIN (checked by tests/test_http11.py); elsewhere Python's timeout mode is kept.
+_KERNEL_TIMEOUTS = sys.platform.startswith("linux")
 
 # A send that fails this way may still have a readable answer (a server that
 # answers 413 and closes before reading the body): read it before giving up.
@@ -157,6 +166,9 @@ class Result(NamedTuple):
     reusable: bool
 
 
+_new_result = tuple.__new__
+
+
 class _Response:
     """The llhttp callbacks: state of one response being parsed."""
 
@@ -208,8 +220,6 @@ class _Response:
     def on_message_begin(self) -> None:
         if self.done:
             raise _After
-        self.reason = b""
-        self.fields = []
 
     def on_status(self, data: bytes) -> None:
         self.reason += data
@@ -231,13 +241,17 @@ class _Response:
             self.interim += 1
             if self.interim > MAX_INTERIM:
                 raise _Refused(f"more than {MAX_INTERIM} interim 1xx responses")
+            self.reason = b""  # the next message's, from a fresh start
+            self.fields = []
             return
         self.status = status
         self.head = fields
         self.fields = []  # trailers, read and dropped as http.client does, but counted
-        if _has(fields, b"content-encoding"):
-            self.encoded = True
-            self.keep = -1  # keep it all (bounded by the drain limit): the caller decodes it
+        for name, _ in fields:  # _has(fields, b"content-encoding"), inline: this runs per response
+            if len(name) == 16 and name.lower() == b"content-encoding":
+                self.encoded = True
+                self.keep = -1  # keep it all (bounded by the drain limit): the caller decodes it
+                break
         if self.head_only:
             self.keep_alive = parser.should_keep_alive()
             self.done = True  # a HEAD response has no body, whatever its headers say
@@ -274,14 +288,18 @@ class _Response:
         assert head is not None  # noqa: S101 - only called once the head is complete
         headers = Headers(head)
         parts = self.parts
-        return Result(
-            self.status,
-            self.reason.decode("latin-1"),
-            headers,
-            parts[0] if len(parts) == 1 else _joined(parts),
-            headers.get("Content-Encoding") if self.encoded else None,
-            complete,
-            reusable,
+        # tuple.__new__ straight: a NamedTuple's own __new__ is a Python function (a frame per response).
+        return _new_result(
+            Result,
+            (
+                self.status,
+                self.reason.decode("latin-1"),
+                headers,
+                parts[0] if len(parts) == 1 else _joined(parts),
+                headers.get("Content-Encoding") if self.encoded else None,
+                complete,
+                reusable,
+            ),
         )
 
     def framed(self) -> bool:
@@ -318,7 +336,10 @@ def exchange(
     """Send ``request`` on ``sock`` and read one response.
 
     Args:
-        sock: A connected socket or ``SSLSocket``.
+        sock: A connected socket or ``SSLSocket``. A plain socket may be left
+            blocking with the kernel's timeouts at ``read_timeout``: give it to
+            ``exchange`` with that same ``read_timeout`` only (as a pool's
+            connections always are), or in timeout mode.
         request: The whole request (see ``headers.encode_request``).
         url: For error messages.
         head_only: The request was ``HEAD``: the response ends with its headers.
@@ -353,19 +374,31 @@ def exchange(
     feed = parser.feed_data
     recv_into = sock.recv_into
     monotonic = time.monotonic
+    # How each wait is bounded. Python's timeout mode (settimeout(t)) makes every recv a
+    # poll() then a recv, each releasing and retaking the GIL: on plain TCP, a blocking
+    # socket with the kernel's SO_RCVTIMEO waits in the recv alone (a third less CPU per
+    # request on loopback). So a plain socket waiting read_timeout is blocking (timeout
+    # None, the kernel's timeouts set by _bound), and a wait the deadline shortens, a TLS
+    # socket (a blocking SSLSocket retries a timed-out read forever) or a request too big
+    # for one send use timeout mode.
+    kernel = _KERNEL_TIMEOUTS and type(sock) is socket.socket and len(request) <= _SEND_AT_ONCE
+    timeout = sock.gettimeout()
     # The usual deadline (attempt_timeout, 60 s by default) is far off: read_timeout bounds the
     # wait, and _timeout (which raises past the deadline) is called only when it gets close.
     if deadline is None or deadline - monotonic() >= read_timeout:
-        timeout = read_timeout
+        wait = read_timeout
     else:
-        timeout = _timeout(read_timeout, deadline, url)
-    if sock.gettimeout() != timeout:  # the usual case on a reused connection: no syscall
-        sock.settimeout(timeout)
+        wait = _timeout(read_timeout, deadline, url)
+    bound = None if kernel and wait == read_timeout else wait
+    if bound != timeout:  # the usual case on a reused connection: no syscall
+        timeout = _bound(sock, bound, read_timeout)
     cut: BaseException | None = None
     try:
         sock.sendall(request)
     except _SEND_CUT as exc:
         cut = exc  # the answer may still be readable: urlopen reads it too
+    except BlockingIOError as exc:  # SO_SNDTIMEO ran out
+        raise _timed_out(exc) from exc
     received = 0
     idle = 0  # bytes read since the body last grew
     limit = keep + drain_limit
@@ -374,16 +407,18 @@ def exchange(
             wait = read_timeout
         else:
             wait = _timeout(read_timeout, deadline, url)
-        if wait != timeout:
-            sock.settimeout(wait)
-            timeout = wait
+        bound = None if kernel and wait == read_timeout else wait
+        if bound != timeout:
+            timeout = _bound(sock, bound, read_timeout)
         try:
             size = recv_into(buffer)
         except (ConnectionResetError, BrokenPipeError) as exc:
             if not received:
                 raise NoResponse("connection reset before any response") from exc
             raise
-        except TimeoutError as exc:
+        except (TimeoutError, BlockingIOError) as exc:  # BlockingIOError: SO_RCVTIMEO ran out
+            if type(exc) is BlockingIOError:
+                exc = _timed_out(exc)
             if wait < read_timeout:  # the deadline, not read_timeout, bounded this wait
                 raise ReadTimeoutError(f"attempt_timeout exceeded reading from {url}", url=url) from exc
             raise ReadTimeoutError(f"read from {url} timed out", url=url) from exc
@@ -419,6 +454,27 @@ def exchange(
             idle += size
             if idle > MAX_HEAD:
                 _refuse(_Refused(f"more than {MAX_HEAD} bytes of head, chunk framing or trailers"), url)
+
+
+def _timed_out(exc: BlockingIOError) -> TimeoutError:
+    """A kernel timeout (EAGAIN on a blocking socket) as timeout mode reports one: ``TimeoutError``."""
+    timed_out = TimeoutError("timed out")
+    timed_out.__cause__ = exc
+    return timed_out
+
+
+def _bound(sock: Any, bound: float | None, read_timeout: float) -> float | None:
+    """Bound the socket's waits: ``None`` blocking with the kernel's timeouts, else timeout mode."""
+    sock.settimeout(bound)
+    if bound is None:
+        # Set at every switch to blocking (a fresh connection, or after a deadline-bounded
+        # wait): a blocking socket here always carries this read_timeout.
+        seconds = int(read_timeout)
+        micros = int((read_timeout - seconds) * 1_000_000) or (0 if seconds else 1)  # 0 would wait forever
+        timeval = struct.pack("ll", seconds, micros)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+    return bound
 
 
 def _timeout(read_timeout: float, deadline: float | None, url: str) -> float:

@@ -7,8 +7,9 @@ keep-alive connections) and never follows redirects: retrying is the
 connector's job (it must not park a worker), and a redirect could carry
 credentials to another host.
 
-:class:`Urllib3Transport` (the default) keeps one urllib3 connection pool per
-host; urllib3 connects and does TLS, and the request and response go through
+:class:`Urllib3Transport` (the default) keeps the connections of each host in a
+:class:`.pool_access.Connections`; urllib3 makes and connects them (TLS
+included), and the request and response go through
 :mod:`.http11` (llhttp), the same code for http and https.
 :class:`RequestsTransport` wraps a caller's ``requests.Session`` for those who
 need its auth, proxies or adapters (``urlopen`` under it).
@@ -41,7 +42,7 @@ from eventmesh_http_sink.errors import (
 from eventmesh_http_sink.wire.body import DRAIN_LIMIT, decode, read_capped
 from eventmesh_http_sink.wire.headers import RequestHeads
 from eventmesh_http_sink.wire.http11 import NoResponse, exchange
-from eventmesh_http_sink.wire.pool_access import connect, give_back, take
+from eventmesh_http_sink.wire.pool_access import Connections, connect
 
 if TYPE_CHECKING:
     import requests
@@ -137,7 +138,7 @@ def _reason(exc: BaseException) -> str:
 
 
 class Urllib3Transport:
-    """The default transport: one blocking urllib3 pool per host, the exchange by llhttp.
+    """The default transport: a bounded set of kept-alive connections per host, the exchange by llhttp.
 
     At most ``pool_maxsize`` connections are open to one host (the pool blocks
     for a free one), connections are kept alive and reused, and the configured
@@ -162,9 +163,9 @@ class Urllib3Transport:
         self._read_timeout = config.read_timeout
         self._close = not config.keep_alive
         self._heads = RequestHeads()
-        self._pools: dict[tuple[str, str, int], urllib3.HTTPConnectionPool] = {}
+        self._pools: dict[tuple[str, str, int], Connections] = {}
         # url -> (pool, path with query, Host header): resolved once, so a request parses nothing.
-        self._targets: dict[str, tuple[urllib3.HTTPConnectionPool, str, str]] = {}
+        self._targets: dict[str, tuple[Connections, str, str]] = {}
         self._lock = threading.Lock()
         # Connections out of their pool right now, for abort(); set add/discard are atomic.
         self._busy: set[Any] = set()
@@ -181,7 +182,7 @@ class Urllib3Transport:
         """Requests sent again on a fresh connection after a stale keep-alive one failed."""
         return self._reconnects
 
-    def _target(self, url: str) -> tuple[urllib3.HTTPConnectionPool, str, str]:
+    def _target(self, url: str) -> tuple[Connections, str, str]:
         target = self._targets.get(url)
         if target is not None:
             return target
@@ -193,13 +194,16 @@ class Urllib3Transport:
         with self._lock:
             pool = self._pools.get((scheme, host, port))
             if pool is None:
-                pool = self._pools[(scheme, host, port)] = self._new_pool(scheme, host, port)
+                pool = self._pools[(scheme, host, port)] = Connections(
+                    self._new_pool(scheme, host, port), self._config.pool_maxsize
+                )
             target = (pool, parsed.request_uri, host if default_port else f"{host}:{port}")
             self._targets[url] = target
         return target
 
     def _new_pool(self, scheme: str, host: str, port: int) -> urllib3.HTTPConnectionPool:
         cfg = self._config
+        # The pool makes connections (its settings: host, TLS, timeouts); Connections keeps them.
         kwargs: dict[str, Any] = {
             "maxsize": cfg.pool_maxsize,
             "block": True,
@@ -227,7 +231,7 @@ class Urllib3Transport:
         deadline = None if self._attempt_timeout is None else time.monotonic() + self._attempt_timeout
         request, close = self._heads.encode(method, path, host, headers, body, close=self._close)
         try:
-            conn = take(pool)
+            conn = pool.take()
         except Exception as exc:
             raise map_urllib3_error(exc, url) from exc
         busy = self._busy
@@ -275,7 +279,7 @@ class Urllib3Transport:
             busy.discard(conn)
             if not reusable:
                 conn.close()  # a half-read, closing or upgraded connection serves no one else
-            give_back(pool, conn)
+            pool.give_back(conn)
 
     def _connect(self, conn: Any, url: str, deadline: float | None) -> None:
         timeout = self._connect_timeout
