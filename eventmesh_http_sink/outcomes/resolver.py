@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from eventmesh_http_sink.dispatch.unit import running_callback_of
+from eventmesh_http_sink.dispatch.unit import run_callback
 from eventmesh_http_sink.errors import QueueFullError, SinkClosedError, SinkError
 from eventmesh_http_sink.redact import redact_text
 from eventmesh_http_sink.results import SendExceptionContext, SendResult
@@ -218,21 +218,20 @@ class Resolver:
         if callback is None:
             return False
         try:
-            with running_callback_of(unit.future):
-                if isinstance(outcome, SendResult):
-                    unit.context.run(callback.on_success, outcome)
-                else:
-                    record = unit.record
-                    context = SendExceptionContext(
-                        record.record_id,
-                        record.topic,
-                        unit.url,
-                        outcome,
-                        unit.attempts,
-                        unit.elapsed,
-                        outcome.status,
-                    )
-                    unit.context.run(callback.on_exception, context)
+            if isinstance(outcome, SendResult):
+                unit.context.run(run_callback, unit.future, callback.on_success, outcome)
+            else:
+                record = unit.record
+                context = SendExceptionContext(
+                    record.record_id,
+                    record.topic,
+                    unit.url,
+                    outcome,
+                    unit.attempts,
+                    unit.elapsed,
+                    outcome.status,
+                )
+                unit.context.run(run_callback, unit.future, callback.on_exception, context)
         except BaseException:  # user code, even SystemExit, must not stop a worker
             _log.exception("callback of record %s raised; the connector goes on", unit.record.record_id)
             return True
