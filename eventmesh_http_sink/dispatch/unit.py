@@ -147,20 +147,45 @@ class RecordFuture(Future[SendResult]):
             self._invoke_callbacks()
 
     def set_result(self, result: SendResult) -> None:
-        """See :meth:`concurrent.futures.Future.set_result` (the resolver calls it once)."""
+        """See :meth:`concurrent.futures.Future.set_result`."""
         if self._state in _DONE_STATES:
             raise InvalidStateError(f"{self._state}: {self!r}")
         self._result = result
         self._finish()
+        self._invoke_callbacks()
 
     def set_exception(self, exception: BaseException | None) -> None:
-        """See :meth:`concurrent.futures.Future.set_exception` (the resolver calls it once)."""
+        """See :meth:`concurrent.futures.Future.set_exception`."""
         if self._state in _DONE_STATES:
             raise InvalidStateError(f"{self._state}: {self!r}")
         self._exception = exception
         self._finish()
+        self._invoke_callbacks()
+
+    def settle(self, outcome: SendResult | BaseException, first: Callable[[_A], object], arg: _A) -> None:
+        """Resolve with ``outcome`` (a result, or the exception to raise); the resolver calls it once.
+
+        ``first(arg)`` runs once the Future is done and before any done-callback: the
+        resolver gives the record's ``max_pending`` slot back there, so a done-callback
+        that calls ``flush()`` does not wait for its own record, and ``flush()`` never
+        returns before the Futures it waited for are done. It runs even if resolving
+        raised (``InvalidStateError`` on a second outcome: a bug), so the slot is never lost.
+        """
+        try:
+            if self._state in _DONE_STATES:
+                raise InvalidStateError(f"{self._state}: {self!r}")
+            if isinstance(outcome, BaseException):
+                self._exception = outcome
+            else:
+                self._result = outcome
+            self._finish()
+        finally:
+            first(arg)
+        if self._done_callbacks:
+            self._invoke_callbacks()
 
     def _finish(self) -> None:
+        # The state changes (waiters notified); the done-callbacks are the caller's to run.
         cond = self._cond
         if cond is None:
             # The lock that makes Conditions: either no Condition exists and none can
@@ -182,7 +207,6 @@ class RecordFuture(Future[SendResult]):
                     else:
                         waiter.add_result(self)
                 cond.notify_all()
-        self._invoke_callbacks()
 
     def _invoke_callbacks(self) -> None:
         callbacks = self._done_callbacks

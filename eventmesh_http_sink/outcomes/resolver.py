@@ -10,7 +10,9 @@ construction. Then, outside the lock and in this order:
    is user code, so anything it raises (``SystemExit`` included, as the stdlib's
    ``_WorkItem.run`` guards) is logged and counted, never propagated;
 3. the record's Future: when ``future.result()`` returns, the callback has returned;
-4. the counters, in a ``finally``, so the ``max_pending`` slot is always given back.
+4. the counters and the ``max_pending`` slot, once, as the Future becomes done and
+   before the caller's done-callbacks run (and in a ``finally`` when it cannot be
+   resolved), so the slot is always given back.
 
 The ledger (``pending``, ``submitted``...) lives here because it changes with the
 outcomes: ``submitted == succeeded + failed + pending`` under one lock.
@@ -124,11 +126,6 @@ class Resolver:
             self.pending += 1
             self.submitted += 1
             self._live.add(unit)
-        future = unit.future
-        if future is not None:
-            # The Future's first done-callback gives the slot back as it resolves, before any
-            # done-callback of the caller's runs (one that calls flush() must not wait for itself).
-            future.add_done_callback(lambda _: self._release(unit))
 
     def track(self, units: list[Unit]) -> None:
         """Add broadcast copies to the live set (their record already holds the slot)."""
@@ -243,15 +240,17 @@ class Resolver:
         future = unit.future
         try:
             if future is not None:  # the caller's done-callbacks run in the put's context too
-                if isinstance(outcome, SendResult):
-                    unit.context.run(future.set_result, outcome)
-                else:
-                    unit.context.run(future.set_exception, outcome)
+                # The slot is given back as the Future becomes done, before any done-callback
+                # of the caller's runs (one that calls flush() must not wait for itself).
+                unit.context.run(future.settle, outcome, self._release, unit)
         finally:
-            self._release(unit)  # done by the Future's first done-callback, unless it never ran
+            if not unit.released:  # no Future, or its context could not be entered
+                self._release(unit)
 
     def _release(self, unit: Unit) -> None:
-        # Give the record's max_pending slot back and count its outcome, once.
+        # Give the record's max_pending slot back and count its outcome, once: from
+        # RecordFuture.settle, or from _complete when that could not run. The flag is
+        # only ever set in the resolving thread, so _complete reads it without the lock.
         with self.lock:
             if unit.released:
                 return
