@@ -5,17 +5,29 @@
 * :meth:`RecordFuture.settle` gives the record's slot back once, as the Future becomes
   done and before any done-callback (instead of a first done-callback per record plus
   a second, guarded release).
+* The resolver notifies its Conditions only when a thread waits on them: a ``put``
+  blocked on ``max_pending`` and a ``flush`` are still woken by each release.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
+import logging
+import threading
 
 import pytest
 
-from eventmesh_http_sink.dispatch.unit import RecordFuture, callback_running, run_callback
+from eventmesh_http_sink import ConnectRecord, HttpSinkConfig
+from eventmesh_http_sink.dispatch.unit import RecordFuture, Unit, callback_running, run_callback
 from eventmesh_http_sink.errors import SinkError
+from eventmesh_http_sink.metrics import Metrics
+from eventmesh_http_sink.outcomes.failure_log import FailureLog
+from eventmesh_http_sink.outcomes.hooks import Hooks
+from eventmesh_http_sink.outcomes.resolver import Resolver
 from eventmesh_http_sink.results import SendResult
+
+WAIT = 10.0  # seconds: only a lost wake-up gets near it
 
 
 def test_run_callback_marks_the_thread_only_while_the_callback_runs_even_nested_or_raising() -> None:
@@ -63,3 +75,61 @@ def test_settle_gives_first_its_call_even_when_resolving_fails() -> None:
     with pytest.raises(concurrent.futures.InvalidStateError):
         f.settle(_result(), calls.append, 1)  # a second outcome is a bug, but the slot is not lost
     assert calls == [1]
+
+
+def _resolver() -> Resolver:
+    config = HttpSinkConfig(["http://127.0.0.1:9/x"])
+    return Resolver(Hooks(config, None), Metrics(), FailureLog(logging.getLogger("test")))
+
+
+def _unit(i: int) -> Unit:
+    record = ConnectRecord({"i": i})
+    return Unit(record, b"", {}, contextvars.copy_context(), future=RecordFuture(record.record_id))
+
+
+def test_puts_blocked_on_max_pending_are_woken_one_per_freed_slot() -> None:
+    resolver = _resolver()
+    first = _unit(0)
+    resolver.admit(first, 1, None, lambda: False)
+    admitted: list[Unit] = []
+
+    def put(unit: Unit) -> None:
+        resolver.admit(unit, 1, 4 * WAIT, lambda: False)  # a lost wake-up: QueueFullError, late
+        admitted.append(unit)
+
+    blocked = [_unit(i) for i in (1, 2, 3)]
+    threads = [threading.Thread(target=put, args=(u,)) for u in blocked]
+    for t in threads:
+        t.start()
+    threads[0].join(0.2)
+    assert admitted == []  # all three wait for the one slot
+    for n in (1, 2, 3):
+        holder = first if n == 1 else admitted[-1]
+        assert resolver.resolve(holder, _result(holder.record.record_id))
+        pause = threading.Event()
+        for _ in range(int(WAIT / 0.01)):  # the release wakes exactly one put (no timing asserted)
+            if len(admitted) == n:
+                break
+            pause.wait(0.01)
+        assert len(admitted) == n, f"a put blocked on max_pending missed the release of slot {n}"
+    for t in threads:
+        t.join(WAIT)
+    assert resolver.resolve(admitted[-1], _result())
+    assert (resolver.submitted, resolver.succeeded, resolver.pending) == (4, 4, 0)
+
+
+def test_a_flush_waiting_for_idle_is_woken_by_the_last_release() -> None:
+    resolver = _resolver()
+    units = [_unit(i) for i in range(3)]
+    for u in units:
+        resolver.admit(u, 10, None, lambda: False)
+    answer: list[bool] = []
+    waiter = threading.Thread(target=lambda: answer.append(resolver.wait_idle(4 * WAIT)))
+    waiter.start()
+    waiter.join(0.2)
+    assert answer == []
+    for u in units:
+        resolver.resolve(u, _result())
+    waiter.join(WAIT)
+    assert answer == [True], "flush() missed the last release"
+    assert resolver.wait_idle(0)  # nothing pending: returns at once, no Condition wait

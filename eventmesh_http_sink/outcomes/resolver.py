@@ -79,6 +79,10 @@ class Resolver:
         self.lock = threading.Lock()
         self._not_full = threading.Condition(self.lock)
         self._idle = threading.Condition(self.lock)
+        # Threads waiting on each Condition (changed under the lock): a release notifies
+        # only when someone waits, as Condition.notify costs several Python-level lock
+        # calls even with no waiter, on every record.
+        self._blocked = self._idlers = 0
         self._live: set[Unit] = set()  # accepted and not yet claimed (broadcast copies too)
         self.pending = 0  # accepted and not finished (callback included)
         self.submitted = self.succeeded = self.failed = self.retried = self.callback_errors = 0
@@ -120,7 +124,11 @@ class Resolver:
                             f"record {rid} refused: max_pending ({max_pending}) records still pending"
                             f" after put_timeout ({wait}s)"
                         )
-                    self._not_full.wait(remaining)
+                    self._blocked += 1
+                    try:
+                        self._not_full.wait(remaining)
+                    finally:  # the lock is held again here, even if the wait raised
+                        self._blocked -= 1
             if closed():
                 raise SinkClosedError(f"the connector is closed: record {rid} was not accepted")
             self.pending += 1
@@ -261,8 +269,9 @@ class Resolver:
             else:
                 self.failed += 1
             self.callback_errors += unit.callback_failed
-            self._not_full.notify()
-            if self.pending == 0:
+            if self._blocked:
+                self._not_full.notify()
+            if self._idlers and self.pending == 0:
                 self._idle.notify_all()
 
     # -- waiting ---------------------------------------------------------------------------
@@ -275,5 +284,9 @@ class Resolver:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                self._idle.wait(remaining)
+                self._idlers += 1
+                try:
+                    self._idle.wait(remaining)
+                finally:
+                    self._idlers -= 1
         return True
