@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from eventmesh_http_sink.dispatch.unit import run_callback
 from eventmesh_http_sink.errors import QueueFullError, SinkClosedError, SinkError
 from eventmesh_http_sink.redact import redact_text
-from eventmesh_http_sink.results import SendExceptionContext, SendResult
+from eventmesh_http_sink.results import SendExceptionContext, SendMessageCallback, SendResult
 
 if TYPE_CHECKING:
     from eventmesh_http_sink.dispatch.unit import Unit
@@ -197,14 +197,16 @@ class Resolver:
             finally:
                 unit.join.child_done(unit, outcome)
             return
-        callback_failed = False
         try:
-            try:
-                self._account(unit, outcome)
-            finally:
-                callback_failed = self._run_callback(unit, outcome)
+            self._account(unit, outcome)
         finally:
-            self._complete(unit, outcome, callback_failed)
+            try:
+                # One hop into the put's context for the callback and the Future (whose
+                # done-callbacks run in it too), instead of one each.
+                unit.context.run(self._conclude, unit, outcome)
+            finally:
+                if not unit.released:  # defensive: the context could not be entered
+                    self._release(unit)
 
     def _account(self, unit: Unit, outcome: Outcome) -> None:
         unit.elapsed = time.monotonic() - unit.t0
@@ -217,14 +219,24 @@ class Resolver:
                 self._failures.failed(unit.record.record_id, unit.attempts, error)  # summarised per kind
             self._hooks.on_failure(unit, error)  # the dead letter is written before the callback runs
 
-    def _run_callback(self, unit: Unit, outcome: Outcome) -> bool:
-        """Run the record's callback; ``True`` if it raised (anything: it is user code)."""
+    def _conclude(self, unit: Unit, outcome: Outcome) -> None:
+        # In the put's context: the callback, then the Future; the slot is given back
+        # between the Future's state change and the caller's done-callbacks.
+        unit.succeeded = isinstance(outcome, SendResult)
         callback = unit.record.callback
-        if callback is None:
-            return False
+        if callback is not None:
+            unit.callback_failed = self._run_callback(unit, callback, outcome)
+        future = unit.future
+        if future is None:
+            self._release(unit)
+        else:
+            future.settle(outcome, self._release, unit)
+
+    def _run_callback(self, unit: Unit, callback: SendMessageCallback, outcome: Outcome) -> bool:
+        """Run the record's callback; ``True`` if it raised (anything: it is user code)."""
         try:
             if isinstance(outcome, SendResult):
-                unit.context.run(run_callback, unit.future, callback.on_success, outcome)
+                run_callback(unit.future, callback.on_success, outcome)
             else:
                 record = unit.record
                 context = SendExceptionContext(
@@ -236,29 +248,16 @@ class Resolver:
                     unit.elapsed,
                     outcome.status,
                 )
-                unit.context.run(run_callback, unit.future, callback.on_exception, context)
+                run_callback(unit.future, callback.on_exception, context)
         except BaseException:  # user code, even SystemExit, must not stop a worker
             _log.exception("callback of record %s raised; the connector goes on", unit.record.record_id)
             return True
         return False
 
-    def _complete(self, unit: Unit, outcome: Outcome, callback_failed: bool) -> None:
-        unit.succeeded = isinstance(outcome, SendResult)
-        unit.callback_failed = callback_failed
-        future = unit.future
-        try:
-            if future is not None:  # the caller's done-callbacks run in the put's context too
-                # The slot is given back as the Future becomes done, before any done-callback
-                # of the caller's runs (one that calls flush() must not wait for itself).
-                unit.context.run(future.settle, outcome, self._release, unit)
-        finally:
-            if not unit.released:  # no Future, or its context could not be entered
-                self._release(unit)
-
     def _release(self, unit: Unit) -> None:
         # Give the record's max_pending slot back and count its outcome, once: from
-        # RecordFuture.settle, or from _complete when that could not run. The flag is
-        # only ever set in the resolving thread, so _complete reads it without the lock.
+        # RecordFuture.settle, or from finish when that could not run. The flag is
+        # only ever set in the resolving thread, so finish reads it without the lock.
         with self.lock:
             if unit.released:
                 return
