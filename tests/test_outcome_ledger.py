@@ -7,6 +7,8 @@
   a second, guarded release).
 * The resolver notifies its Conditions only when a thread waits on them: a ``put``
   blocked on ``max_pending`` and a ``flush`` are still woken by each release.
+* The ledger and the metrics share one lock: a record is counted in both in one
+  round, as its slot is given back (after its callback), never in one only.
 """
 
 from __future__ import annotations
@@ -77,13 +79,13 @@ def test_settle_gives_first_its_call_even_when_resolving_fails() -> None:
     assert calls == [1]
 
 
-def _resolver() -> Resolver:
+def _resolver(metrics: Metrics | None = None) -> Resolver:
     config = HttpSinkConfig(["http://127.0.0.1:9/x"])
-    return Resolver(Hooks(config, None), Metrics(), FailureLog(logging.getLogger("test")))
+    return Resolver(Hooks(config, None), metrics or Metrics(), FailureLog(logging.getLogger("test")))
 
 
-def _unit(i: int) -> Unit:
-    record = ConnectRecord({"i": i})
+def _unit(i: int, callback: object = None) -> Unit:
+    record = ConnectRecord({"i": i}, callback=callback)
     return Unit(record, b"", {}, contextvars.copy_context(), future=RecordFuture(record.record_id))
 
 
@@ -133,3 +135,43 @@ def test_a_flush_waiting_for_idle_is_woken_by_the_last_release() -> None:
     waiter.join(WAIT)
     assert answer == [True], "flush() missed the last release"
     assert resolver.wait_idle(0)  # nothing pending: returns at once, no Condition wait
+
+
+def test_a_record_is_counted_in_the_ledger_and_the_metrics_together_after_its_callback() -> None:
+    metrics = Metrics()
+    resolver = _resolver(metrics)
+    seen: list[tuple[int, int, int, int]] = []
+
+    def counts() -> tuple[int, int, int, int]:
+        per_url, _, failures, latency = metrics.snapshot()
+        with resolver.lock:
+            ledger = resolver.succeeded + resolver.failed
+        return (
+            ledger,
+            latency.count,
+            sum(u.succeeded + u.failed for u in per_url.values()),
+            sum(failures.values()),
+        )
+
+    class Callback:
+        def on_success(self, result: SendResult) -> None:
+            seen.append(counts())
+
+        def on_exception(self, context: object) -> None:
+            seen.append(counts())
+
+    ok, bad = _unit(0, Callback()), _unit(1, Callback())
+    for u in (ok, bad):
+        resolver.admit(u, 10, None, lambda: False)
+    ok.url = bad.url = "http://127.0.0.1:9/x"
+    resolver.resolve(ok, _result())
+    resolver.resolve(bad, SinkError("refused"))
+    after = counts()
+    # In its callback a record is in neither the ledger nor the metrics; after it, in both.
+    assert seen == [(0, 0, 0, 0), (1, 1, 1, 0)]
+    assert after == (2, 2, 2, 1)
+    resolver.note_retry("http://127.0.0.1:9/x", SinkError("again"))
+    per_url, retries, _, _ = metrics.snapshot()
+    assert (
+        resolver.retried == 1 and retries == {"SinkError": 1} and per_url["http://127.0.0.1:9/x"].retried == 1
+    )

@@ -247,6 +247,8 @@ class Unit:
         waits: The retry backoff generator (made at the first retry).
         elapsed: Seconds from acceptance to outcome.
         succeeded: The outcome was a success (set when the record finishes).
+        kind: The final error's ``error_kind`` label (``None``: success), counted
+            with the ledger when the record's slot is given back.
         callback_failed: The record's callback raised.
         released: The record's ``max_pending`` slot was given back.
     """
@@ -262,6 +264,7 @@ class Unit:
         "hop",
         "item",
         "join",
+        "kind",
         "pin",
         "record",
         "released",
@@ -297,6 +300,7 @@ class Unit:
         self.elapsed = 0.0
         # Set by the resolver when the record finishes; its slot is released once.
         self.succeeded = False
+        self.kind: str | None = None
         self.callback_failed = False
         self.released = False
 

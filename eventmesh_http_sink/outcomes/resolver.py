@@ -5,17 +5,19 @@
 deadline can never both report an outcome: a second outcome is impossible by
 construction. Then, outside the lock and in this order:
 
-1. the metrics, the failure log and the dead letter (written before the callback);
+1. the failure log and the dead letter (written before the callback);
 2. the record's callback, in the ``contextvars`` context of its ``put`` call; it
    is user code, so anything it raises (``SystemExit`` included, as the stdlib's
    ``_WorkItem.run`` guards) is logged and counted, never propagated;
 3. the record's Future: when ``future.result()`` returns, the callback has returned;
-4. the counters and the ``max_pending`` slot, once, as the Future becomes done and
-   before the caller's done-callbacks run (and in a ``finally`` when it cannot be
-   resolved), so the slot is always given back.
+4. in one lock round, the counters, the metrics and the ``max_pending`` slot, once:
+   as the Future becomes done, before the caller's done-callbacks run (or in a
+   ``finally`` when it cannot be resolved), so the slot is always given back.
 
 The ledger (``pending``, ``submitted``...) lives here because it changes with the
-outcomes: ``submitted == succeeded + failed + pending`` under one lock.
+outcomes: ``submitted == succeeded + failed + pending`` under one lock, the
+metrics' own (:attr:`Metrics.lock <eventmesh_http_sink.metrics.Metrics.lock>`),
+so both change together.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from eventmesh_http_sink.dispatch.unit import run_callback
 from eventmesh_http_sink.errors import QueueFullError, SinkClosedError, SinkError
+from eventmesh_http_sink.metrics import error_kind
 from eventmesh_http_sink.redact import redact_text
 from eventmesh_http_sink.results import SendExceptionContext, SendMessageCallback, SendResult
 
@@ -76,7 +79,9 @@ class Resolver:
         self._hooks = hooks
         self._metrics = metrics
         self._failures = failures
-        self.lock = threading.Lock()
+        # The metrics' lock: a record's outcome is counted in the ledger and in the
+        # metrics in one lock round (_release), and retries likewise (note_retry).
+        self.lock = metrics.lock
         self._not_full = threading.Condition(self.lock)
         self._idle = threading.Condition(self.lock)
         # Threads waiting on each Condition (changed under the lock): a release notifies
@@ -149,9 +154,10 @@ class Resolver:
 
     def note_retry(self, url: str | None, error: SinkError) -> None:
         """Count a retry that was put on the timer."""
+        kind = error_kind(error)
         with self.lock:
             self.retried += 1
-        self._metrics.retry(url, error)
+            self._metrics.count_retry(url, kind)
 
     def is_live(self, unit: Unit) -> bool:
         """Whether ``unit`` still waits for its outcome (a lock-free read: set lookup is atomic)."""
@@ -211,8 +217,8 @@ class Resolver:
     def _account(self, unit: Unit, outcome: Outcome) -> None:
         unit.elapsed = time.monotonic() - unit.t0
         error = None if isinstance(outcome, SendResult) else outcome
-        self._metrics.outcome(unit.url, unit.elapsed, error, False)
         if error is not None:
+            unit.kind = error_kind(error)  # counted with the ledger, in _release
             if error.url is None:
                 error.url = unit.url
             if not isinstance(error, SinkClosedError):
@@ -268,6 +274,7 @@ class Resolver:
             else:
                 self.failed += 1
             self.callback_errors += unit.callback_failed
+            self._metrics.count_outcome(unit.url, unit.elapsed, unit.kind)
             if self._blocked:
                 self._not_full.notify()
             if self._idlers and self.pending == 0:
