@@ -7,6 +7,7 @@
   a second, guarded release).
 * The resolver notifies its Conditions only when a thread waits on them: a ``put``
   blocked on ``max_pending`` and a ``flush`` are still woken by each release.
+* :class:`SendResult`'s hand-written ``__init__`` sets each field as attrs' would.
 * The ledger and the metrics share one lock: a record is counted in both in one
   round, as its slot is given back (after its callback), never in one only.
 """
@@ -16,8 +17,10 @@ from __future__ import annotations
 import concurrent.futures
 import contextvars
 import logging
+import pickle
 import threading
 
+import attrs
 import pytest
 
 from eventmesh_http_sink import ConnectRecord, HttpSinkConfig
@@ -175,3 +178,17 @@ def test_a_record_is_counted_in_the_ledger_and_the_metrics_together_after_its_ca
     assert (
         resolver.retried == 1 and retries == {"SinkError": 1} and per_url["http://127.0.0.1:9/x"].retried == 1
     )
+
+
+def test_send_result_s_own_init_sets_each_field_as_attrs_would() -> None:
+    values = ("rid", "topic", "http://u/", 201, 2, 0.5, b"body", {"http://u/": 201})
+    r = SendResult(*values)
+    assert tuple(getattr(r, f.name) for f in attrs.fields(SendResult)) == values  # field order
+    assert SendResult(**{f.name: v for f, v in zip(attrs.fields(SendResult), values, strict=True)}) == r
+    short = SendResult("rid", None, None, 200, 1, 0.0)
+    assert (short.response_body, short.per_url) == (b"", None)  # the defaults
+    assert attrs.evolve(short, status=204).status == 204
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        short.status = 500  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(r)) == r  # noqa: S301 - our own bytes
+    assert hash(short) == hash(SendResult("rid", None, None, 200, 1, 0.0))
