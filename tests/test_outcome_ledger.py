@@ -7,6 +7,9 @@
   a second, guarded release).
 * The resolver notifies its Conditions only when a thread waits on them: a ``put``
   blocked on ``max_pending`` and a ``flush`` are still woken by each release.
+* :class:`RecordFuture` resolves with no lock when no one waits: the outcome and a
+  Condition race through a gate (first append wins), and a waiter that comes
+  between the outcome and its state write still sees the Future done, at once.
 * :class:`SendResult`'s hand-written ``__init__`` sets each field as attrs' would.
 * The ledger and the metrics share one lock: a record is counted in both in one
   round, as its slot is given back (after its callback), never in one only.
@@ -19,6 +22,7 @@ import contextvars
 import logging
 import pickle
 import threading
+from typing import Any
 
 import attrs
 import pytest
@@ -192,3 +196,47 @@ def test_send_result_s_own_init_sets_each_field_as_attrs_would() -> None:
         short.status = 500  # type: ignore[misc]
     assert pickle.loads(pickle.dumps(r)) == r  # noqa: S301 - our own bytes
     assert hash(short) == hash(SendResult("rid", None, None, 200, 1, 0.0))
+
+
+class _PausingGate(list[object]):
+    """A RecordFuture's gate that holds the resolving thread right after its append."""
+
+    def __init__(self, resolver: str) -> None:
+        super().__init__()
+        self.resolver = resolver
+        self.appended = threading.Event()
+        self.go = threading.Event()
+
+    def append(self, item: object) -> None:
+        super().append(item)
+        if threading.current_thread().name == self.resolver:
+            self.appended.set()
+            self.go.wait(WAIT)
+
+
+@pytest.mark.parametrize("how", ["result", "wait"])
+def test_a_waiter_between_the_outcome_and_its_state_write_sees_the_future_done(how: str) -> None:
+    f, g = RecordFuture("f"), RecordFuture("g")
+    gate = f._gate = _PausingGate("resolver")
+    resolver = threading.Thread(target=f.set_result, args=(_result("f"),), name="resolver")
+    resolver.start()
+    assert gate.appended.wait(WAIT)  # the outcome is in the gate; the state not yet written
+    try:
+        if how == "result":
+            # Makes the Condition after the outcome: must not wait for a notify that never comes.
+            assert f.result(timeout=WAIT / 2).record_id == "f"
+        else:
+            answer: list[Any] = []
+            waiter = threading.Thread(target=lambda: answer.append(concurrent.futures.wait([f, g], WAIT)))
+            waiter.start()
+            waiter.join(0.2)
+            gate.go.set()
+            resolver.join(WAIT)
+            g.set_result(_result("g"))
+            waiter.join(WAIT)
+            done, not_done = answer[0]
+            assert done == {f, g} and not not_done  # f counted once: wait() returned for g, not early
+    finally:
+        gate.go.set()
+        resolver.join(WAIT)
+    assert f.done() and f.result().record_id == "f"

@@ -67,6 +67,8 @@ _FINISHED = "FINISHED"
 _DONE_STATES = ("CANCELLED", "CANCELLED_AND_NOTIFIED", _FINISHED)
 # Makes a RecordFuture's Condition, once, for the rare caller that waits on it.
 _make_condition = threading.Lock()
+# In a RecordFuture's gate: the outcome came before any Condition (see RecordFuture._finish).
+_RESOLVED = "resolved"
 _futures_log = logging.getLogger("concurrent.futures")  # where Future logs a done-callback's error
 
 
@@ -85,10 +87,13 @@ class RecordFuture(Future[SendResult]):
     and the Condition (an ``RLock``, a waiter list, six lock rounds) was the
     costliest object of a record's life. Without it, resolving is lock-free:
 
-    * with no Condition yet, the resolver writes the state under the module lock
-      that makes Conditions (one uncontended lock round); once a Condition exists,
-      the state changes under it, as in ``concurrent.futures``, so a waiter sees
-      the Future either running (and is notified) or done (and is not), never both;
+    * the resolver and the first thread that makes a Condition each append to a
+      per-Future list, the gate (``list.append`` is atomic): whichever is first in
+      it wins. If the outcome came first, the state is written without a lock and
+      no waiter can be waiting (a Condition made later sees the state final). If a
+      Condition came first, the state changes under it, as in
+      ``concurrent.futures``, so a waiter sees the Future either running (and is
+      notified) or done (and is not), never both;
     * done-callbacks are taken off their list with ``list.pop`` (atomic): each one
       runs exactly once, in the resolving thread or, added after the end, in the
       adding thread.
@@ -104,8 +109,10 @@ class RecordFuture(Future[SendResult]):
         self._state = _RUNNING
         self._result: SendResult | None = None
         self._exception: BaseException | None = None
-        self._waiters: list[Any] = []
+        # No _waiters list (concurrent.futures.wait's, only ever used under the
+        # Condition) until a Condition is made: most Futures never have one.
         self._done_callbacks: list[Callable[[Future[SendResult]], object]] = []
+        self._gate: list[object] = []  # _RESOLVED or the Condition, first come first
         self._cond: threading.Condition | None = None
         self.record_id = record_id
 
@@ -114,10 +121,19 @@ class RecordFuture(Future[SendResult]):
         # What Future's own methods and concurrent.futures.wait/as_completed lock.
         cond = self._cond
         if cond is None:
-            with _make_condition:
+            with _make_condition:  # one Condition per Future, however many threads ask
                 cond = self._cond
                 if cond is None:
-                    cond = self._cond = threading.Condition()
+                    cond = threading.Condition()
+                    self._waiters: list[Any] = []  # before the gate: _finish may use it at once
+                    gate = self._gate
+                    gate.append(cond)
+                    if gate[0] is not cond:
+                        # The outcome came first (result and exception are set): the state
+                        # is final for everyone who waits from now on, even if the resolver
+                        # has not written it yet. Nothing waits on this Future yet.
+                        self._state = _FINISHED
+                    self._cond = cond
         return cond
 
     def done(self) -> bool:
@@ -186,16 +202,15 @@ class RecordFuture(Future[SendResult]):
 
     def _finish(self) -> None:
         # The state changes (waiters notified); the done-callbacks are the caller's to run.
-        cond = self._cond
-        if cond is None:
-            # The lock that makes Conditions: either no Condition exists and none can
-            # appear before the state is written (a later waiter sees FINISHED), or one
-            # appeared meanwhile and the state must change under it (below).
-            with _make_condition:
-                cond = self._cond
-                if cond is None:
-                    self._state = _FINISHED
-        if cond is not None:
+        # Called once the result or the exception is set. No lock when no one waits: the
+        # gate decides whether the outcome or a Condition came first.
+        gate = self._gate
+        gate.append(_RESOLVED)
+        first = gate[0]
+        if first is _RESOLVED:
+            self._state = _FINISHED  # no Condition existed: no waiter to notify
+        else:
+            cond = typing.cast(threading.Condition, first)
             # As concurrent.futures does: the state changes under the Condition, so a
             # wait() installing its waiter sees the Future either running (and is
             # notified) or done (and is not), never both: both would count it twice.
