@@ -10,6 +10,7 @@
 * :class:`RecordFuture` resolves with no lock when no one waits: the outcome and a
   Condition race through a gate (first append wins), and a waiter that comes
   between the outcome and its state write still sees the Future done, at once.
+* The lock that makes a RecordFuture's Condition is re-made in a forked child.
 * :class:`SendResult`'s hand-written ``__init__`` sets each field as attrs' would.
 * The ledger and the metrics share one lock: a record is counted in both in one
   round, as its slot is given back (after its callback), never in one only.
@@ -28,6 +29,7 @@ import attrs
 import pytest
 
 from eventmesh_http_sink import ConnectRecord, HttpSinkConfig
+from eventmesh_http_sink.dispatch import unit as unit_module
 from eventmesh_http_sink.dispatch.unit import RecordFuture, Unit, callback_running, run_callback
 from eventmesh_http_sink.errors import SinkError
 from eventmesh_http_sink.metrics import Metrics
@@ -35,6 +37,7 @@ from eventmesh_http_sink.outcomes.failure_log import FailureLog
 from eventmesh_http_sink.outcomes.hooks import Hooks
 from eventmesh_http_sink.outcomes.resolver import Resolver
 from eventmesh_http_sink.results import SendResult
+from tests.forking import run_in_forked_child
 
 WAIT = 10.0  # seconds: only a lost wake-up gets near it
 
@@ -240,3 +243,36 @@ def test_a_waiter_between_the_outcome_and_its_state_write_sees_the_future_done(h
         gate.go.set()
         resolver.join(WAIT)
     assert f.done() and f.result().record_id == "f"
+
+
+def test_waiting_on_a_future_in_a_forked_child_works_while_a_parent_thread_made_a_condition() -> None:
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:  # a parent thread making a Condition at the fork
+        with unit_module._make_condition:
+            held.set()
+            release.wait(WAIT)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert held.wait(WAIT)
+
+        def child() -> str:
+            answer: list[str] = []
+
+            def wait_on_a_future() -> None:
+                try:
+                    RecordFuture("child").result(timeout=0.05)
+                except concurrent.futures.TimeoutError:
+                    answer.append("timed out")
+
+            waiter = threading.Thread(target=wait_on_a_future, daemon=True)
+            waiter.start()
+            waiter.join(5)
+            return answer[0] if answer else "stuck"
+
+        assert run_in_forked_child(child) == "timed out"
+    finally:
+        release.set()
+        thread.join(WAIT)

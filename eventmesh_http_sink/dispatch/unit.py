@@ -21,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from eventmesh_http_sink import forksafe
 from eventmesh_http_sink.results import SendResult
 
 if TYPE_CHECKING:
@@ -65,8 +66,9 @@ def run_callback(future: RecordFuture | None, fn: Callable[[_A], object], arg: _
 _RUNNING = "RUNNING"
 _FINISHED = "FINISHED"
 _DONE_STATES = ("CANCELLED", "CANCELLED_AND_NOTIFIED", _FINISHED)
-# Makes a RecordFuture's Condition, once, for the rare caller that waits on it.
-_make_condition = threading.Lock()
+# Makes a RecordFuture's Condition, once, for the rare caller that waits on it; re-made
+# released in a forked child (a parent thread may hold it at the fork).
+_make_condition = forksafe.module_lock()
 # In a RecordFuture's gate: the outcome came before any Condition (see RecordFuture._finish).
 _RESOLVED = "resolved"
 _futures_log = logging.getLogger("concurrent.futures")  # where Future logs a done-callback's error
