@@ -1,8 +1,10 @@
 """Counters and a bounded latency histogram behind :meth:`HttpSinkConnector.stats`.
 
-The connector calls :meth:`Metrics.outcome` once per resolved record and
-:meth:`Metrics.retry` once per scheduled retry; each is one short update under
-this module's own lock, so the connector's lock is never held longer. Latency
+Each resolved record and each scheduled retry is one short update under the
+metrics' lock. The resolver keeps its ledger (``pending``, ``succeeded``...)
+under that same lock and counts a record's outcome here in its own lock round
+(:meth:`Metrics.count_outcome`, :meth:`Metrics.count_retry`): one lock round per
+record instead of two, and the ledger and the metrics change together. Latency
 goes into fixed log-spaced buckets (memory is constant whatever the traffic);
 percentiles are read from the buckets, accurate to one bucket width (~19 %).
 """
@@ -13,11 +15,15 @@ import bisect
 import math
 import threading
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import attrs
 
 from . import forksafe
 from .errors import HttpStatusError
+
+if TYPE_CHECKING:
+    from _thread import LockType
 
 __all__ = ["HistogramSnapshot", "LatencyHistogram", "Metrics", "UrlStats", "error_kind"]
 
@@ -110,7 +116,11 @@ class UrlStats:
 
 
 class Metrics:
-    """The detail counters of one connector runtime (per process)."""
+    """The detail counters of one connector runtime (per process).
+
+    :meth:`outcome`, :meth:`retry` and :meth:`snapshot` take :attr:`lock`;
+    :meth:`count_outcome` and :meth:`count_retry` are for a caller that holds it.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -119,6 +129,11 @@ class Metrics:
         self._retries: dict[str, int] = {}
         self._failures: dict[str, int] = {}
         forksafe.register(self)
+
+    @property
+    def lock(self) -> LockType:
+        """The lock the counters change under (the resolver's ledger shares it)."""
+        return self._lock
 
     def after_fork_in_child(self) -> None:
         """A parent thread may have held the lock at the fork: a fresh one for the child."""
@@ -139,26 +154,34 @@ class Metrics:
         """
         kind = None if error is None else error_kind(error)
         with self._lock:
-            if url is not None:
-                row = self._urls.get(url)
-                if row is None:
-                    row = self._urls[url] = [0, 0, 0]
-                row[0 if kind is None else 1] += 1
-            if not copy:
-                self._latency.observe(elapsed)
-                if kind is not None:
-                    self._failures[kind] = self._failures.get(kind, 0) + 1
+            self.count_outcome(url, elapsed, kind, copy)
+
+    def count_outcome(self, url: str | None, elapsed: float, kind: str | None, copy: bool = False) -> None:
+        """:meth:`outcome` for a caller that holds :attr:`lock`, given the error's :func:`error_kind`."""
+        if url is not None:
+            row = self._urls.get(url)
+            if row is None:
+                row = self._urls[url] = [0, 0, 0]
+            row[0 if kind is None else 1] += 1
+        if not copy:
+            self._latency.observe(elapsed)
+            if kind is not None:
+                self._failures[kind] = self._failures.get(kind, 0) + 1
 
     def retry(self, url: str | None, error: BaseException) -> None:
         """Count one scheduled retry and its cause."""
         kind = error_kind(error)
         with self._lock:
-            if url is not None:
-                row = self._urls.get(url)
-                if row is None:
-                    row = self._urls[url] = [0, 0, 0]
-                row[2] += 1
-            self._retries[kind] = self._retries.get(kind, 0) + 1
+            self.count_retry(url, kind)
+
+    def count_retry(self, url: str | None, kind: str) -> None:
+        """:meth:`retry` for a caller that holds :attr:`lock`, given the error's :func:`error_kind`."""
+        if url is not None:
+            row = self._urls.get(url)
+            if row is None:
+                row = self._urls[url] = [0, 0, 0]
+            row[2] += 1
+        self._retries[kind] = self._retries.get(kind, 0) + 1
 
     def snapshot(
         self,

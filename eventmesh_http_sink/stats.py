@@ -17,8 +17,11 @@ class SinkStats:
     """A snapshot of a connector's counters (also readable as ``stats["name"]``).
 
     ``submitted == succeeded + failed + pending`` holds in every snapshot. The
-    detail fields after ``scheduled_retries`` come from :mod:`.metrics`, read
-    just after the counters, so they may lag them by an outcome in progress.
+    detail fields after ``scheduled_retries`` come from :mod:`.metrics`: a record
+    is counted there in the same lock round as in the counters (as its slot is
+    given back, after its callback), but they are read in a second round just
+    after the counters, so they may include an outcome or a retry that the
+    counters do not yet show.
 
     Attributes:
         per_url: URL -> :class:`UrlStats` (final outcomes by the URL of the last

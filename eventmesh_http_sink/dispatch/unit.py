@@ -17,46 +17,60 @@ import contextvars
 import logging
 import threading
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from eventmesh_http_sink import forksafe
 from eventmesh_http_sink.results import SendResult
 
 if TYPE_CHECKING:
     from eventmesh_http_sink.records import ConnectRecord
 
-__all__ = ["RecordFuture", "Unit", "callback_running", "running_callback_of"]
+__all__ = ["RecordFuture", "Unit", "callback_running", "run_callback"]
 
-# The RecordFuture whose callback this thread is running (or None), so that
-# waiting on it, flush() and close() can refuse to wait for themselves.
-_callback_of = threading.local()
+_A = TypeVar("_A")
+
+
+class _CallbackOf(threading.local):
+    # The RecordFuture whose callback this thread is running (None: none), so that
+    # waiting on it, flush() and close() can refuse to wait for themselves. A class
+    # default, so reading it needs no getattr fallback.
+    future: RecordFuture | None = None
+
+
+_callback_of = _CallbackOf()
 
 
 def callback_running() -> RecordFuture | None:
     """The Future of the record whose callback runs in this thread, if any."""
-    future: RecordFuture | None = getattr(_callback_of, "future", None)
-    return future
+    return _callback_of.future
 
 
-@contextmanager
-def running_callback_of(future: RecordFuture | None) -> Iterator[None]:
-    """Mark this thread as running ``future``'s record callback for the block."""
-    outer = getattr(_callback_of, "future", None)
-    _callback_of.future = future
+def run_callback(future: RecordFuture | None, fn: Callable[[_A], object], arg: _A) -> None:
+    """Call ``fn(arg)`` as the callback of ``future``'s record (waiting on ``future`` in it raises).
+
+    A plain set and reset of a thread-local, not a ``contextmanager``: this runs once per
+    record, and the generator-based context manager cost ten times the callback's own call.
+    """
+    local = _callback_of
+    outer = local.future
+    local.future = future
     try:
-        yield
+        fn(arg)
     finally:
-        _callback_of.future = outer
+        local.future = outer
 
 
 # Future states (the strings concurrent.futures uses; compared by value).
 _RUNNING = "RUNNING"
 _FINISHED = "FINISHED"
 _DONE_STATES = ("CANCELLED", "CANCELLED_AND_NOTIFIED", _FINISHED)
-# Makes a RecordFuture's Condition, once, for the rare caller that waits on it.
-_make_condition = threading.Lock()
+# Makes a RecordFuture's Condition, once, for the rare caller that waits on it; re-made
+# released in a forked child (a parent thread may hold it at the fork).
+_make_condition = forksafe.module_lock()
+# In a RecordFuture's gate: the outcome came before any Condition (see RecordFuture._finish).
+_RESOLVED = "resolved"
 _futures_log = logging.getLogger("concurrent.futures")  # where Future logs a done-callback's error
 
 
@@ -75,10 +89,13 @@ class RecordFuture(Future[SendResult]):
     and the Condition (an ``RLock``, a waiter list, six lock rounds) was the
     costliest object of a record's life. Without it, resolving is lock-free:
 
-    * with no Condition yet, the resolver writes the state under the module lock
-      that makes Conditions (one uncontended lock round); once a Condition exists,
-      the state changes under it, as in ``concurrent.futures``, so a waiter sees
-      the Future either running (and is notified) or done (and is not), never both;
+    * the resolver and the first thread that makes a Condition each append to a
+      per-Future list, the gate (``list.append`` is atomic): whichever is first in
+      it wins. If the outcome came first, the state is written without a lock and
+      no waiter can be waiting (a Condition made later sees the state final). If a
+      Condition came first, the state changes under it, as in
+      ``concurrent.futures``, so a waiter sees the Future either running (and is
+      notified) or done (and is not), never both;
     * done-callbacks are taken off their list with ``list.pop`` (atomic): each one
       runs exactly once, in the resolving thread or, added after the end, in the
       adding thread.
@@ -94,8 +111,10 @@ class RecordFuture(Future[SendResult]):
         self._state = _RUNNING
         self._result: SendResult | None = None
         self._exception: BaseException | None = None
-        self._waiters: list[Any] = []
+        # No _waiters list (concurrent.futures.wait's, only ever used under the
+        # Condition) until a Condition is made: most Futures never have one.
         self._done_callbacks: list[Callable[[Future[SendResult]], object]] = []
+        self._gate: list[object] = []  # _RESOLVED or the Condition, first come first
         self._cond: threading.Condition | None = None
         self.record_id = record_id
 
@@ -104,10 +123,19 @@ class RecordFuture(Future[SendResult]):
         # What Future's own methods and concurrent.futures.wait/as_completed lock.
         cond = self._cond
         if cond is None:
-            with _make_condition:
+            with _make_condition:  # one Condition per Future, however many threads ask
                 cond = self._cond
                 if cond is None:
-                    cond = self._cond = threading.Condition()
+                    cond = threading.Condition()
+                    self._waiters: list[Any] = []  # before the gate: _finish may use it at once
+                    gate = self._gate
+                    gate.append(cond)
+                    if gate[0] is not cond:
+                        # The outcome came first (result and exception are set): the state
+                        # is final for everyone who waits from now on, even if the resolver
+                        # has not written it yet. Nothing waits on this Future yet.
+                        self._state = _FINISHED
+                    self._cond = cond
         return cond
 
     def done(self) -> bool:
@@ -137,30 +165,54 @@ class RecordFuture(Future[SendResult]):
             self._invoke_callbacks()
 
     def set_result(self, result: SendResult) -> None:
-        """See :meth:`concurrent.futures.Future.set_result` (the resolver calls it once)."""
+        """See :meth:`concurrent.futures.Future.set_result`."""
         if self._state in _DONE_STATES:
             raise InvalidStateError(f"{self._state}: {self!r}")
         self._result = result
         self._finish()
+        self._invoke_callbacks()
 
     def set_exception(self, exception: BaseException | None) -> None:
-        """See :meth:`concurrent.futures.Future.set_exception` (the resolver calls it once)."""
+        """See :meth:`concurrent.futures.Future.set_exception`."""
         if self._state in _DONE_STATES:
             raise InvalidStateError(f"{self._state}: {self!r}")
         self._exception = exception
         self._finish()
+        self._invoke_callbacks()
+
+    def settle(self, outcome: SendResult | BaseException, first: Callable[[_A], object], arg: _A) -> None:
+        """Resolve with ``outcome`` (a result, or the exception to raise); the resolver calls it once.
+
+        ``first(arg)`` runs once the Future is done and before any done-callback: the
+        resolver gives the record's ``max_pending`` slot back there, so a done-callback
+        that calls ``flush()`` does not wait for its own record, and ``flush()`` never
+        returns before the Futures it waited for are done. It runs even if resolving
+        raised (``InvalidStateError`` on a second outcome: a bug), so the slot is never lost.
+        """
+        try:
+            if self._state in _DONE_STATES:
+                raise InvalidStateError(f"{self._state}: {self!r}")
+            if isinstance(outcome, BaseException):
+                self._exception = outcome
+            else:
+                self._result = outcome
+            self._finish()
+        finally:
+            first(arg)
+        if self._done_callbacks:
+            self._invoke_callbacks()
 
     def _finish(self) -> None:
-        cond = self._cond
-        if cond is None:
-            # The lock that makes Conditions: either no Condition exists and none can
-            # appear before the state is written (a later waiter sees FINISHED), or one
-            # appeared meanwhile and the state must change under it (below).
-            with _make_condition:
-                cond = self._cond
-                if cond is None:
-                    self._state = _FINISHED
-        if cond is not None:
+        # The state changes (waiters notified); the done-callbacks are the caller's to run.
+        # Called once the result or the exception is set. No lock when no one waits: the
+        # gate decides whether the outcome or a Condition came first.
+        gate = self._gate
+        gate.append(_RESOLVED)
+        first = gate[0]
+        if first is _RESOLVED:
+            self._state = _FINISHED  # no Condition existed: no waiter to notify
+        else:
+            cond = typing.cast(threading.Condition, first)
             # As concurrent.futures does: the state changes under the Condition, so a
             # wait() installing its waiter sees the Future either running (and is
             # notified) or done (and is not), never both: both would count it twice.
@@ -172,7 +224,6 @@ class RecordFuture(Future[SendResult]):
                     else:
                         waiter.add_result(self)
                 cond.notify_all()
-        self._invoke_callbacks()
 
     def _invoke_callbacks(self) -> None:
         callbacks = self._done_callbacks
@@ -187,7 +238,7 @@ class RecordFuture(Future[SendResult]):
                 _futures_log.exception("exception calling callback for %r", self)
 
     def _refuse_own_callback(self) -> None:
-        if getattr(_callback_of, "future", None) is self:
+        if _callback_of.future is self:
             raise RuntimeError(
                 f"the callback of record {self.record_id} waits for its own Future, which resolves"
                 " only after that callback returns (use the result or context it was given)"
@@ -213,6 +264,8 @@ class Unit:
         waits: The retry backoff generator (made at the first retry).
         elapsed: Seconds from acceptance to outcome.
         succeeded: The outcome was a success (set when the record finishes).
+        kind: The final error's ``error_kind`` label (``None``: success), counted
+            with the ledger when the record's slot is given back.
         callback_failed: The record's callback raised.
         released: The record's ``max_pending`` slot was given back.
     """
@@ -228,6 +281,7 @@ class Unit:
         "hop",
         "item",
         "join",
+        "kind",
         "pin",
         "record",
         "released",
@@ -263,6 +317,7 @@ class Unit:
         self.elapsed = 0.0
         # Set by the resolver when the record finishes; its slot is released once.
         self.succeeded = False
+        self.kind: str | None = None
         self.callback_failed = False
         self.released = False
 

@@ -5,15 +5,19 @@
 deadline can never both report an outcome: a second outcome is impossible by
 construction. Then, outside the lock and in this order:
 
-1. the metrics, the failure log and the dead letter (written before the callback);
+1. the failure log and the dead letter (written before the callback);
 2. the record's callback, in the ``contextvars`` context of its ``put`` call; it
    is user code, so anything it raises (``SystemExit`` included, as the stdlib's
    ``_WorkItem.run`` guards) is logged and counted, never propagated;
 3. the record's Future: when ``future.result()`` returns, the callback has returned;
-4. the counters, in a ``finally``, so the ``max_pending`` slot is always given back.
+4. in one lock round, the counters, the metrics and the ``max_pending`` slot, once:
+   as the Future becomes done, before the caller's done-callbacks run (or in a
+   ``finally`` when it cannot be resolved), so the slot is always given back.
 
 The ledger (``pending``, ``submitted``...) lives here because it changes with the
-outcomes: ``submitted == succeeded + failed + pending`` under one lock.
+outcomes: ``submitted == succeeded + failed + pending`` under one lock, the
+metrics' own (:attr:`Metrics.lock <eventmesh_http_sink.metrics.Metrics.lock>`),
+so both change together.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from eventmesh_http_sink.dispatch.unit import running_callback_of
+from eventmesh_http_sink.dispatch.unit import run_callback
 from eventmesh_http_sink.errors import QueueFullError, SinkClosedError, SinkError
+from eventmesh_http_sink.metrics import error_kind
 from eventmesh_http_sink.redact import redact_text
-from eventmesh_http_sink.results import SendExceptionContext, SendResult
+from eventmesh_http_sink.results import SendExceptionContext, SendMessageCallback, SendResult
 
 if TYPE_CHECKING:
     from eventmesh_http_sink.dispatch.unit import Unit
@@ -74,9 +79,15 @@ class Resolver:
         self._hooks = hooks
         self._metrics = metrics
         self._failures = failures
-        self.lock = threading.Lock()
+        # The metrics' lock: a record's outcome is counted in the ledger and in the
+        # metrics in one lock round (_release), and retries likewise (note_retry).
+        self.lock = metrics.lock
         self._not_full = threading.Condition(self.lock)
         self._idle = threading.Condition(self.lock)
+        # Threads waiting on each Condition (changed under the lock): a release notifies
+        # only when someone waits, as Condition.notify costs several Python-level lock
+        # calls even with no waiter, on every record.
+        self._blocked = self._idlers = 0
         self._live: set[Unit] = set()  # accepted and not yet claimed (broadcast copies too)
         self.pending = 0  # accepted and not finished (callback included)
         self.submitted = self.succeeded = self.failed = self.retried = self.callback_errors = 0
@@ -118,17 +129,16 @@ class Resolver:
                             f"record {rid} refused: max_pending ({max_pending}) records still pending"
                             f" after put_timeout ({wait}s)"
                         )
-                    self._not_full.wait(remaining)
+                    self._blocked += 1
+                    try:
+                        self._not_full.wait(remaining)
+                    finally:  # the lock is held again here, even if the wait raised
+                        self._blocked -= 1
             if closed():
                 raise SinkClosedError(f"the connector is closed: record {rid} was not accepted")
             self.pending += 1
             self.submitted += 1
             self._live.add(unit)
-        future = unit.future
-        if future is not None:
-            # The Future's first done-callback gives the slot back as it resolves, before any
-            # done-callback of the caller's runs (one that calls flush() must not wait for itself).
-            future.add_done_callback(lambda _: self._release(unit))
 
     def track(self, units: list[Unit]) -> None:
         """Add broadcast copies to the live set (their record already holds the slot)."""
@@ -144,9 +154,10 @@ class Resolver:
 
     def note_retry(self, url: str | None, error: SinkError) -> None:
         """Count a retry that was put on the timer."""
+        kind = error_kind(error)
         with self.lock:
             self.retried += 1
-        self._metrics.retry(url, error)
+            self._metrics.count_retry(url, kind)
 
     def is_live(self, unit: Unit) -> bool:
         """Whether ``unit`` still waits for its outcome (a lock-free read: set lookup is atomic)."""
@@ -192,67 +203,67 @@ class Resolver:
             finally:
                 unit.join.child_done(unit, outcome)
             return
-        callback_failed = False
         try:
-            try:
-                self._account(unit, outcome)
-            finally:
-                callback_failed = self._run_callback(unit, outcome)
+            self._account(unit, outcome)
         finally:
-            self._complete(unit, outcome, callback_failed)
+            try:
+                # One hop into the put's context for the callback and the Future (whose
+                # done-callbacks run in it too), instead of one each.
+                unit.context.run(self._conclude, unit, outcome)
+            finally:
+                if not unit.released:  # defensive: the context could not be entered
+                    self._release(unit)
 
     def _account(self, unit: Unit, outcome: Outcome) -> None:
         unit.elapsed = time.monotonic() - unit.t0
         error = None if isinstance(outcome, SendResult) else outcome
-        self._metrics.outcome(unit.url, unit.elapsed, error, False)
         if error is not None:
+            unit.kind = error_kind(error)  # counted with the ledger, in _release
             if error.url is None:
                 error.url = unit.url
             if not isinstance(error, SinkClosedError):
                 self._failures.failed(unit.record.record_id, unit.attempts, error)  # summarised per kind
             self._hooks.on_failure(unit, error)  # the dead letter is written before the callback runs
 
-    def _run_callback(self, unit: Unit, outcome: Outcome) -> bool:
-        """Run the record's callback; ``True`` if it raised (anything: it is user code)."""
+    def _conclude(self, unit: Unit, outcome: Outcome) -> None:
+        # In the put's context: the callback, then the Future; the slot is given back
+        # between the Future's state change and the caller's done-callbacks.
+        unit.succeeded = isinstance(outcome, SendResult)
         callback = unit.record.callback
-        if callback is None:
-            return False
+        if callback is not None:
+            unit.callback_failed = self._run_callback(unit, callback, outcome)
+        future = unit.future
+        if future is None:
+            self._release(unit)
+        else:
+            future.settle(outcome, self._release, unit)
+
+    def _run_callback(self, unit: Unit, callback: SendMessageCallback, outcome: Outcome) -> bool:
+        """Run the record's callback; ``True`` if it raised (anything: it is user code)."""
         try:
-            with running_callback_of(unit.future):
-                if isinstance(outcome, SendResult):
-                    unit.context.run(callback.on_success, outcome)
-                else:
-                    record = unit.record
-                    context = SendExceptionContext(
-                        record.record_id,
-                        record.topic,
-                        unit.url,
-                        outcome,
-                        unit.attempts,
-                        unit.elapsed,
-                        outcome.status,
-                    )
-                    unit.context.run(callback.on_exception, context)
+            if isinstance(outcome, SendResult):
+                run_callback(unit.future, callback.on_success, outcome)
+            else:
+                record = unit.record
+                context = SendExceptionContext(
+                    record.record_id,
+                    record.topic,
+                    unit.url,
+                    outcome,
+                    unit.attempts,
+                    unit.elapsed,
+                    outcome.status,
+                )
+                run_callback(unit.future, callback.on_exception, context)
         except BaseException:  # user code, even SystemExit, must not stop a worker
             _log.exception("callback of record %s raised; the connector goes on", unit.record.record_id)
             return True
         return False
 
-    def _complete(self, unit: Unit, outcome: Outcome, callback_failed: bool) -> None:
-        unit.succeeded = isinstance(outcome, SendResult)
-        unit.callback_failed = callback_failed
-        future = unit.future
-        try:
-            if future is not None:  # the caller's done-callbacks run in the put's context too
-                if isinstance(outcome, SendResult):
-                    unit.context.run(future.set_result, outcome)
-                else:
-                    unit.context.run(future.set_exception, outcome)
-        finally:
-            self._release(unit)  # done by the Future's first done-callback, unless it never ran
-
     def _release(self, unit: Unit) -> None:
-        # Give the record's max_pending slot back and count its outcome, once.
+        # Give the record's max_pending slot back and count its outcome, once: from
+        # RecordFuture.settle, or from finish when that could not run. The flag is
+        # only ever set in the resolving thread, so finish reads it without the lock.
         with self.lock:
             if unit.released:
                 return
@@ -263,8 +274,10 @@ class Resolver:
             else:
                 self.failed += 1
             self.callback_errors += unit.callback_failed
-            self._not_full.notify()
-            if self.pending == 0:
+            self._metrics.count_outcome(unit.url, unit.elapsed, unit.kind)
+            if self._blocked:
+                self._not_full.notify()
+            if self._idlers and self.pending == 0:
                 self._idle.notify_all()
 
     # -- waiting ---------------------------------------------------------------------------
@@ -277,5 +290,9 @@ class Resolver:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                self._idle.wait(remaining)
+                self._idlers += 1
+                try:
+                    self._idle.wait(remaining)
+                finally:
+                    self._idlers -= 1
         return True
