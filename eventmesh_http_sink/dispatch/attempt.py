@@ -129,6 +129,8 @@ class Attempts:
         self._base_headers = base_headers
         self._method = config.method
         self._urls = config.urls
+        # With one URL every strategy chooses it: no call per attempt to learn that.
+        self._only = config.urls[0] if len(config.urls) == 1 else None
 
     # -- the guard -------------------------------------------------------------------------
 
@@ -177,7 +179,7 @@ class Attempts:
     def _single(self, unit: Unit) -> bool:
         if not self._resolver.is_live(unit):
             return False  # cancelled at close while queued
-        url = self._strategy.choose(unit, self._next_index)
+        url = self._only or self._strategy.choose(unit, self._next_index)
         if self._hooks.active:
             verdict = self._hooks.gate(unit, url, self._urls)
             if isinstance(verdict, float):
