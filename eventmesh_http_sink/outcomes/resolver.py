@@ -1,9 +1,9 @@
 """The one place that decides each record's outcome, and the ledger it keeps.
 
-:meth:`Resolver.resolve` claims the unit under the lock first (it leaves the
-``live`` set), so a worker finishing late and ``close`` cancelling at its
-deadline can never both report an outcome: a second outcome is impossible by
-construction. Then, outside the lock and in this order:
+:meth:`Resolver.resolve` claims the unit first: it leaves the ``live`` set by
+one ``set.remove``, atomic under the GIL, so of a worker finishing late and
+``close`` cancelling at its deadline exactly one claims it, and a second
+outcome is impossible by construction. Then, with no lock held, in this order:
 
 1. the failure log and the dead letter (written before the callback);
 2. the record's callback, in the ``contextvars`` context of its ``put`` call; it
