@@ -324,3 +324,17 @@ def test_the_batch_timer_is_woken_only_for_a_deadline_it_would_sleep_past() -> N
         _wait_for(lambda: ("c", [1]) in sent)
     finally:
         assert batcher.stop() == []
+
+
+def test_a_configured_content_type_decides_the_batch_element(server: FaultServer) -> None:
+    # put() builds only the batch element when batching: the configured Content-Type
+    # still wins over the data's own (here JSON data sent as text, so a JSON string).
+    cfg = HttpSinkConfig(
+        server.url, headers={"Content-Type": "text/plain"}, batch=BatchConfig(max_records=2, linger=LONG)
+    )
+    with HttpSinkConnector(cfg) as sink:
+        futures = sink.put_all(records(2))
+        assert [f.result(10).status for f in futures] == [200, 200]
+    (request,) = server.requests
+    assert request.headers["content-type"] == "text/plain"
+    assert json.loads(request.body) == ['{"k":"r0"}', '{"k":"r1"}']
