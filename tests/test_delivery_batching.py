@@ -290,6 +290,47 @@ def test_close_cancels_a_stuck_batch_once(server: FaultServer) -> None:
 # -- issue 14: the per-record cost of the batch path --------------------------------------------
 
 
+def test_a_configured_content_type_decides_the_batch_element(server: FaultServer) -> None:
+    # put() builds only the batch element when batching: the configured Content-Type
+    # still wins over the data's own (here JSON data sent as text, so a JSON string).
+    cfg = HttpSinkConfig(
+        server.url, headers={"Content-Type": "text/plain"}, batch=BatchConfig(max_records=2, linger=LONG)
+    )
+    with HttpSinkConnector(cfg) as sink:
+        futures = sink.put_all(records(2))
+        assert [f.result(10).status for f in futures] == [200, 200]
+    (request,) = server.requests
+    assert request.headers["content-type"] == "text/plain"
+    assert json.loads(request.body) == ['{"k":"r0"}', '{"k":"r1"}']
+
+
+def test_the_strategy_hears_a_delivered_batch_once(
+    server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A success only clears the URL's failure count: once per batch says the same as
+    # once per record, for a hundredth of the calls. Failures are still reported per record.
+    from eventmesh_http_sink.dispatch import strategies
+
+    reports: list[bool] = []  # delivered?
+    monkeypatch.setattr(
+        strategies.Failover, "report", lambda self, unit, url, error, retryable: reports.append(error is None)
+    )
+    cfg = HttpSinkConfig(
+        [server.url, server.url + "?second"],
+        delivery_strategy="failover",
+        retry=FAST_RETRY,
+        batch=BatchConfig(max_records=10, linger=LONG),
+    )
+    with HttpSinkConnector(cfg) as sink:
+        futures = sink.put_all(records(30))
+        assert all(f.result(10).status == 200 for f in futures)
+        server.script(Reply(503))
+        failed = sink.put_all(records(10, prefix="f"))
+        assert all(f.result(10).status == 200 for f in failed)  # retried once, then delivered
+    assert reports.count(True) == 4  # 3 batches + the retried one
+    assert reports.count(False) == 10  # the failed batch: each record
+
+
 def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -324,17 +365,3 @@ def test_the_batch_timer_is_woken_only_for_a_deadline_it_would_sleep_past() -> N
         _wait_for(lambda: ("c", [1]) in sent)
     finally:
         assert batcher.stop() == []
-
-
-def test_a_configured_content_type_decides_the_batch_element(server: FaultServer) -> None:
-    # put() builds only the batch element when batching: the configured Content-Type
-    # still wins over the data's own (here JSON data sent as text, so a JSON string).
-    cfg = HttpSinkConfig(
-        server.url, headers={"Content-Type": "text/plain"}, batch=BatchConfig(max_records=2, linger=LONG)
-    )
-    with HttpSinkConnector(cfg) as sink:
-        futures = sink.put_all(records(2))
-        assert [f.result(10).status for f in futures] == [200, 200]
-    (request,) = server.requests
-    assert request.headers["content-type"] == "text/plain"
-    assert json.loads(request.body) == ['{"k":"r0"}', '{"k":"r1"}']

@@ -233,6 +233,9 @@ class Attempts:
             trace = lambda headers: tracer.start_batch(url, headers, contexts, attempts)  # noqa: E731
         response, error = self.request(url, body, headers, headers["Idempotency-Key"], trace)
         self._sending.difference_update(units)
+        if response is not None and batch.result_parser is None:
+            self._settle_delivered(units, url, response, time.monotonic())  # the common case
+            return False
         errors: list[SinkError | None]
         if response is None:
             errors = [error] * len(units)
@@ -249,6 +252,26 @@ class Attempts:
             else:
                 self._settle(unit, url, None, _own_copy(outcome), now)
         return False
+
+    def _settle_delivered(self, units: list[Unit], url: str, response: Response, now: float) -> None:
+        """:meth:`_settle`'s success branch for every record of a delivered batch, in one pass.
+
+        The strategy hears the success once per batch: a success only clears the
+        URL's failure count, the same whichever record reports it. The hooks (result
+        store, breaker) still see each record, when there are any.
+        """
+        self._strategy.report(units[0], url, None, False)
+        hooks = self._hooks
+        each = hooks.store is not None or hooks.breaker is not None
+        resolve = self._resolver.resolve
+        status, body = response.status, response.body
+        for unit in units:
+            record = unit.record
+            attempts = unit.attempts
+            if each:
+                hooks.after_attempt(record, attempts, url, response, None)
+            result = SendResult(record.record_id, record.topic, url, status, attempts, now - unit.t0, body)
+            resolve(unit, result)
 
     # -- the request and what follows it ---------------------------------------------------
 
