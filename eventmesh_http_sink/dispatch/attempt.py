@@ -15,7 +15,9 @@ final headers and body are known: the Standard Webhooks signature, the
 attempt's OpenTelemetry span (its ``traceparent`` in the headers), the send,
 the span's end. After it, :meth:`Attempts._settle` is the one sequence for
 every record of the attempt: the result store and breaker hooks, the
-strategy's report, then the outcome or a retry on the timer.
+strategy's report, then the outcome or a retry on the timer. A batch the
+endpoint took whole is settled in one pass of the same steps
+(:meth:`Attempts._settle_delivered`: the strategy hears the success once).
 """
 
 from __future__ import annotations
