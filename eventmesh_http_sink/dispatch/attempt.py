@@ -262,9 +262,10 @@ class Attempts:
         URL's failure count, the same whichever record reports it. The hooks (result
         store, breaker) still see each record, when there are any.
         """
-        self._strategy.report(units[0], url, None, False)
+        if self._report:
+            self._strategy.report(units[0], url, None, False)
         hooks = self._hooks
-        each = hooks.store is not None or hooks.breaker is not None
+        each = self._watch
         resolve = self._resolver.resolve
         status, body = response.status, response.body
         for unit in units:
