@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from eventmesh_http_sink.config import HttpSinkConfig
+from eventmesh_http_sink.dispatch.batching import batch_item
 from eventmesh_http_sink.dispatch.strategies import make_strategy
 from eventmesh_http_sink.dispatch.unit import RecordFuture, Unit, callback_running
 from eventmesh_http_sink.errors import (
@@ -83,6 +84,13 @@ class HttpSinkConnector:
             config.urls, config.delivery_strategy, config.failover_threshold, config.failover_cooldown
         )
         self._opts = RequestOptions(config)
+        # Per-connector facts _prepare would otherwise work out per record.
+        self._options_active = self._opts.active
+        self._content_type_given = "Content-Type" in self._base_headers  # a configured one wins
+        # Batching without CloudEvents: only the record's batch element is ever sent (auth,
+        # gzip and the headers apply to the batch request), so put() builds nothing else.
+        self._batch_items = config.batch is not None and not config.encoding.startswith("cloudevents")
+        self._max_pending = config.max_pending
         self._tracer = attempt_tracer(config)  # None unless tracing=True (tracing.py)
         self._policy = RetryPolicy(config.retry)
         rs = config.result_store
@@ -165,7 +173,13 @@ class HttpSinkConnector:
         Each of them names the record.
         """
         unit = self._prepare(record)
-        self._submit(unit)
+        # _submit, inlined: put() is the hot path of the caller's thread.
+        process = self._process
+        rt = process.current() or process.open(
+            f"the connector is closed: record {record.record_id} was not accepted"
+        )
+        unit.t0 = time.monotonic()
+        rt.submit(unit, self._max_pending, self._put_wait, self._is_closed)
         return typing.cast(RecordFuture, unit.future)
 
     def put_all(self, records: Iterable[ConnectRecord]) -> list[Future[SendResult]]:
@@ -188,24 +202,32 @@ class HttpSinkConnector:
         return accepted
 
     def _prepare(self, record: ConnectRecord) -> Unit:
+        # Validates and encodes one record in the caller's thread; every refusal names it.
         if not isinstance(record, ConnectRecord):
             raise RecordEncodingError(None, f"put() takes a ConnectRecord, got {type(record).__name__}")
+        rid = record.record_id
         body, content_type = encode_data(record)
         if len(body) > self._max_body:
             raise InvalidRecordError(
-                record.record_id, f"body of {len(body)} bytes exceeds max_body_bytes ({self._max_body})"
+                rid, f"body of {len(body)} bytes exceeds max_body_bytes ({self._max_body})"
             )
+        # Empty extensions give no header and need no check: skip the call.
+        extension = encode_extensions(record) if record.extensions else None
+        if self._batch_items:
+            if self._content_type_given:
+                content_type = self._base_headers["Content-Type"]
+            item = batch_item(rid, body, content_type)
+            return Unit(record, body, {}, contextvars.copy_context(), future=RecordFuture(rid), item=item)
         headers = self._base_headers.copy()
-        headers.setdefault("Content-Type", content_type)  # a configured Content-Type wins
-        headers["Idempotency-Key"] = record.record_id
-        extension = encode_extensions(record)
+        if not self._content_type_given:
+            headers["Content-Type"] = content_type
+        headers["Idempotency-Key"] = rid
         if extension is not None:
             headers["extension"] = extension
         item = b""
-        if self._opts.active:
+        if self._options_active:
             body, item = self._opts.prepare(record, body, headers)
-        future = RecordFuture(record.record_id)
-        return Unit(record, body, headers, contextvars.copy_context(), future=future, item=item)
+        return Unit(record, body, headers, contextvars.copy_context(), future=RecordFuture(rid), item=item)
 
     def _submit(self, unit: Unit) -> None:
         rid = unit.record.record_id
@@ -213,7 +235,7 @@ class HttpSinkConnector:
             f"the connector is closed: record {rid} was not accepted"
         )
         unit.t0 = time.monotonic()
-        rt.submit(unit, self.config.max_pending, self._put_wait, self._is_closed)
+        rt.submit(unit, self._max_pending, self._put_wait, self._is_closed)
 
     def _is_closed(self) -> bool:
         return self._process.state == CLOSED

@@ -15,7 +15,9 @@ final headers and body are known: the Standard Webhooks signature, the
 attempt's OpenTelemetry span (its ``traceparent`` in the headers), the send,
 the span's end. After it, :meth:`Attempts._settle` is the one sequence for
 every record of the attempt: the result store and breaker hooks, the
-strategy's report, then the outcome or a retry on the timer.
+strategy's report, then the outcome or a retry on the timer. A batch the
+endpoint took whole is settled in one pass of the same steps
+(:meth:`Attempts._settle_delivered`: the strategy hears the success once).
 """
 
 from __future__ import annotations
@@ -233,6 +235,9 @@ class Attempts:
             trace = lambda headers: tracer.start_batch(url, headers, contexts, attempts)  # noqa: E731
         response, error = self.request(url, body, headers, headers["Idempotency-Key"], trace)
         self._sending.difference_update(units)
+        if response is not None and batch.result_parser is None:
+            self._settle_delivered(units, url, response, time.monotonic())  # the common case
+            return False
         errors: list[SinkError | None]
         if response is None:
             errors = [error] * len(units)
@@ -249,6 +254,27 @@ class Attempts:
             else:
                 self._settle(unit, url, None, _own_copy(outcome), now)
         return False
+
+    def _settle_delivered(self, units: list[Unit], url: str, response: Response, now: float) -> None:
+        """:meth:`_settle`'s success branch for every record of a delivered batch, in one pass.
+
+        The strategy hears the success once per batch: a success only clears the
+        URL's failure count, the same whichever record reports it. The hooks (result
+        store, breaker) still see each record, when there are any.
+        """
+        if self._report:
+            self._strategy.report(units[0], url, None, False)
+        hooks = self._hooks
+        each = self._watch
+        resolve = self._resolver.resolve
+        status, body = response.status, response.body
+        for unit in units:
+            record = unit.record
+            attempts = unit.attempts
+            if each:
+                hooks.after_attempt(record, attempts, url, response, None)
+            result = SendResult(record.record_id, record.topic, url, status, attempts, now - unit.t0, body)
+            resolve(unit, result)
 
     # -- the request and what follows it ---------------------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -64,7 +65,7 @@ def batch_item(record_id: str, body: bytes, content_type: str) -> bytes:
     Raises:
         InvalidRecordError: binary data that is not UTF-8 text cannot go into a JSON batch.
     """
-    if content_type.split(";", maxsplit=1)[0].strip() in _JSON_TYPES:
+    if content_type in _JSON_TYPES or content_type.split(";", maxsplit=1)[0].strip() in _JSON_TYPES:
         return body  # our encoders write compact JSON: one line
     try:
         text = body.decode("utf-8")
@@ -140,40 +141,55 @@ class Batcher(Generic[T]):
     """
 
     def __init__(self, config: BatchConfig, send: Callable[[str, list[T]], None]) -> None:
-        self._cfg = config
+        self._max_records = config.max_records
+        self._max_bytes = config.max_bytes
+        self._linger = config.linger
         self._send = send
         self._open: dict[str, _Pending[T]] = {}
-        self._cv = threading.Condition(threading.Lock())
+        # add() takes the bare lock (a C call, where a Condition's ``with`` is two Python
+        # calls); the timer thread waits on the Condition built over the same lock.
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._stopped = False
+        # When the sleeping timer thread wakes up by itself (time.monotonic()); inf: only
+        # when notified; 0.0: it is awake and looks at every open batch before it sleeps
+        # again. A new batch's deadline wakes it only if it would sleep past it: at
+        # thousands of batches a second, one wake-up per linger instead of one per batch.
+        self._wakes_at = 0.0
 
     def add(self, url: str, item: T, size: int) -> bool:
         """Add ``item`` (``size`` body bytes) to ``url``'s batch; ``False`` once stopped."""
-        cfg = self._cfg
-        ready: list[list[T]] = []
-        with self._cv:
+        full: list[T] | None = None
+        ready: list[T] | None = None
+        with self._lock:
             if self._stopped:
                 return False
             pending = self._open.get(url)
-            if pending is not None and pending.items and pending.size + size + 1 > cfg.max_bytes:
-                ready.append(pending.items)  # this record would overflow the batch: send it first
+            if pending is not None and pending.items and pending.size + size + 1 > self._max_bytes:
+                full = pending.items  # this record would overflow the batch: send it first
                 pending = None
             if pending is None or not pending.items:
-                pending = self._open[url] = _Pending(time.monotonic() + cfg.linger)
+                deadline = time.monotonic() + self._linger
+                pending = self._open[url] = _Pending(deadline)
                 if self._thread is None:
                     self._thread = threading.Thread(
                         target=self._run, name="eventmesh-http-sink-batch", daemon=True
                     )
                     self._thread.start()
-                else:
+                elif self._wakes_at > deadline:
+                    self._wakes_at = 0.0  # notified: it looks again before it sleeps
                     self._cv.notify()
-            pending.items.append(item)
+            items = pending.items
+            items.append(item)
             pending.size += size + 1
-            if len(pending.items) >= cfg.max_records or pending.size >= cfg.max_bytes:
-                ready.append(pending.items)
+            if len(items) >= self._max_records or pending.size >= self._max_bytes:
+                ready = items
                 del self._open[url]
-        for items in ready:
-            self._send(url, items)
+        if full is not None:
+            self._send(url, full)
+        if ready is not None:
+            self._send(url, ready)
         return True
 
     def drain(self) -> None:
@@ -208,9 +224,12 @@ class Batcher(Generic[T]):
                             del self._open[url]
                         break
                     if self._open:
-                        self._cv.wait(min(p.deadline for p in self._open.values()) - now)
+                        self._wakes_at = min(p.deadline for p in self._open.values())
+                        self._cv.wait(self._wakes_at - now)
                     else:
+                        self._wakes_at = math.inf
                         self._cv.wait()
+                    self._wakes_at = 0.0
                 if self._stopped:
                     return
             for url, items in due:  # outside the lock: send may block on the executor briefly

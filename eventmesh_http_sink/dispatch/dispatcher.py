@@ -132,7 +132,12 @@ class Dispatcher:
 
     def _dispatch(self, unit: Unit) -> bool:
         if not self._broadcast:
-            self._send_unit(unit)
+            # _send_unit, inlined: this is the intake's hot path.
+            batcher = self._batcher
+            if batcher is None:
+                self._enqueue(unit)
+            elif not batcher.add(self._strategy.choose(unit, self._next_index), unit, len(unit.item)):
+                self._resolver.resolve(unit, closed_error(unit))  # close() stopped the batcher meanwhile
             return False
         join = BroadcastJoin(unit, self._urls, self._resolver.resolve)
         copies = [unit.copy_to(url, join) for url in self._urls]
