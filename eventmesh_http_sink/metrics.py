@@ -119,7 +119,7 @@ class Metrics:
     """The detail counters of one connector runtime (per process).
 
     :meth:`outcome`, :meth:`retry` and :meth:`snapshot` take :attr:`lock`;
-    :meth:`count_outcome` and :meth:`count_retry` are for a caller that holds it.
+    :meth:`count_outcome`, :meth:`count_retry` and :meth:`snapshot_held` are for a caller that holds it.
     """
 
     def __init__(self) -> None:
@@ -188,8 +188,11 @@ class Metrics:
     ) -> tuple[Mapping[str, UrlStats], Mapping[str, int], Mapping[str, int], HistogramSnapshot]:
         """``(per_url, retries_by_cause, failures_by_kind, latency)``, fresh copies."""
         with self._lock:
-            per_url = {str(url): UrlStats(*row) for url, row in self._urls.items()}
-            retries = dict(self._retries)
-            failures = dict(self._failures)
-            latency = self._latency.snapshot()
-        return per_url, retries, failures, latency
+            return self.snapshot_held()
+
+    def snapshot_held(
+        self,
+    ) -> tuple[Mapping[str, UrlStats], Mapping[str, int], Mapping[str, int], HistogramSnapshot]:
+        """:meth:`snapshot` for a caller that holds :attr:`lock` (and reads the ledger in the same round)."""
+        per_url = {str(url): UrlStats(*row) for url, row in self._urls.items()}
+        return per_url, dict(self._retries), dict(self._failures), self._latency.snapshot()

@@ -138,9 +138,11 @@ class Runtime:
                 resolver.callback_errors,
                 len(dispatcher.retries),
             )
+            # The ledger and the metrics share this lock: one round reads both, so the
+            # per-URL rows and failure kinds count exactly the finished records above.
+            per_url, retries, failures, latency = self.metrics.snapshot_held()
             extra = self.hooks.stats()
             extra["waiting"] = len(dispatcher.waits)
-        per_url, retries, failures, latency = self.metrics.snapshot()
         breaker = self.hooks.breaker
         return SinkStats(
             *counters,

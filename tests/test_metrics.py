@@ -188,3 +188,33 @@ def test_prometheus_exports_optional_feature_fields_when_present() -> None:
         == 1
     )
     assert got[("eventmesh_http_sink_rate_limit_waits_total", frozenset({d}))] == 0
+
+
+def test_every_snapshot_counts_the_same_records_in_the_ledger_and_the_details() -> None:
+    # The ledger and the metrics change in one lock round per record, and stats() reads
+    # both in one round: per-URL rows, failure kinds and latency samples always add up
+    # to succeeded + failed, however the snapshot falls between records.
+    with FaultServer() as server:
+        url = server.url
+        server.responder = lambda request: Reply(400 if request.body.endswith(b"7}") else 200)
+        cfg = HttpSinkConfig(url, max_workers=8, retry=RetryConfig(max_retries=0))
+        with HttpSinkConnector(cfg) as sink:
+            snapshots = []
+            futures = []
+            for i in range(1500):
+                futures.append(sink.put(ConnectRecord({"i": i})))
+                if i % 3 == 0:
+                    snapshots.append(sink.stats())
+            while any(not f.done() for f in futures):
+                snapshots.append(sink.stats())
+            sink.flush()
+            snapshots.append(sink.stats())
+    assert snapshots[-1].succeeded == 1350 and snapshots[-1].failed == 150
+    mid = [s for s in snapshots if 0 < s.succeeded + s.failed < 1500]
+    assert mid, "no snapshot fell while records were finishing"
+    for s in snapshots:
+        row = s.per_url.get(url)
+        assert (row.succeeded if row else 0) == s.succeeded, s
+        assert (row.failed if row else 0) == s.failed, s
+        assert sum(s.failures_by_kind.values()) == s.failed, s
+        assert s.latency.count == s.succeeded + s.failed, s
