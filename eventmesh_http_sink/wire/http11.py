@@ -394,7 +394,16 @@ def exchange(
         timeout = _bound(sock, bound, read_timeout)
     cut: BaseException | None = None
     try:
-        sock.sendall(request)
+        if timeout is None:
+            # SO_SNDTIMEO bounds each send() call, not a sendall: one send (which on Linux
+            # waits at most read_timeout in all), then timeout mode, which bounds the rest
+            # as a whole by the wait (and the deadline) for a peer that reads slowly.
+            sent = sock.send(request)
+            if sent < len(request):
+                timeout = _bound(sock, _timeout(read_timeout, deadline, url), read_timeout)
+                sock.sendall(memoryview(request)[sent:])
+        else:
+            sock.sendall(request)
     except _SEND_CUT as exc:
         cut = exc  # the answer may still be readable: urlopen reads it too
     except BlockingIOError as exc:  # SO_SNDTIMEO ran out
