@@ -21,6 +21,7 @@ import pytest
 import trustme
 
 from eventmesh_http_sink import HttpSinkConfig, ReadTimeoutError, RetryConfig, Urllib3Transport
+from eventmesh_http_sink.wire import http11
 from eventmesh_http_sink.wire.body import DRAIN_LIMIT
 from eventmesh_http_sink.wire.http11 import exchange
 from tests.wire_servers import OK, ScriptServer
@@ -154,3 +155,32 @@ def test_a_tls_read_timeout_still_fires(ca: trustme.CA, tmp_path: Any) -> None:
         with pytest.raises(ReadTimeoutError, match="timed out"):
             t.send("POST", srv.url, b"b", {})  # a blocking SSLSocket would wait for the late answer
         t.close()
+
+
+def test_the_import_probe_finds_the_kernels_timeouts_here() -> None:
+    assert http11._kernel_timeouts() and http11._KERNEL_TIMEOUTS
+
+
+def test_a_timeval_the_kernel_refuses_keeps_timeout_mode(
+    raw: ScriptServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As on 32-bit Linux with a 64-bit time_t, where an 8-byte "ll" timeval fails with EINVAL.
+    monkeypatch.setattr(http11, "_timeval", lambda seconds: b"\0" * 3)
+    assert http11._kernel_timeouts() is False  # the import probe says no
+    raw.script((OK,), (OK,), (3.0, OK))
+    with _plain(raw) as sock:  # and were the flag set anyway, every exchange falls back to timeout mode
+        assert _exchange(sock, 2.5).status == 200
+        assert sock.gettimeout() == 2.5
+        assert _exchange(sock, 2.5).status == 200
+        assert sock.gettimeout() == 2.5
+        with pytest.raises(ReadTimeoutError, match="timed out"):
+            _exchange(sock, 0.5)  # the late answer: timeout mode still bounds the read
+
+
+def test_without_kernel_timeouts_a_plain_socket_keeps_timeout_mode(
+    raw: ScriptServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http11, "_KERNEL_TIMEOUTS", False)
+    with _plain(raw) as sock:
+        assert _exchange(sock, 2.5).status == 200
+        assert sock.gettimeout() == 2.5

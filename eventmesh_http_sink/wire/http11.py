@@ -61,9 +61,39 @@ _local = threading.local()
 # A request up to this size goes out in one send on an idle connection (Linux's default
 # initial send buffer, tcp_wmem, is 16 KiB): a blocking send of it cannot trickle for long.
 _SEND_AT_ONCE = 16 * 1024
-# Where SO_RCVTIMEO/SO_SNDTIMEO take a struct timeval and a timed-out blocking call fails
-# with EAGAIN (checked by tests/test_http11.py); elsewhere Python's timeout mode is kept.
-_KERNEL_TIMEOUTS = sys.platform.startswith("linux")
+
+
+def _timeval(seconds: float) -> bytes:
+    """``seconds`` as the ``struct timeval`` SO_RCVTIMEO/SO_SNDTIMEO take, never all zero (no timeout)."""
+    whole = int(seconds)
+    micros = int((seconds - whole) * 1_000_000) or (0 if whole else 1)  # 0 would wait forever
+    return struct.pack("ll", whole, micros)
+
+
+def _kernel_timeouts() -> bool:
+    """Whether this kernel takes our ``timeval`` for SO_RCVTIMEO/SO_SNDTIMEO: set, read back, compare.
+
+    Linux only (a timed-out blocking call fails with EAGAIN there: tests/test_http11.py).
+    ``"ll"`` is not the kernel's timeval everywhere: 32-bit Linux with a 64-bit time_t
+    (Debian trixie armhf) wants 16 bytes and refuses 8 with EINVAL, which would fail every
+    plain-http request. Anything unexpected keeps Python's timeout mode.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    timeval = _timeval(1.5)
+    try:
+        with socket.socket() as probe:
+            for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+                probe.setsockopt(socket.SOL_SOCKET, option, timeval)
+                if probe.getsockopt(socket.SOL_SOCKET, option, len(timeval)) != timeval:
+                    return False
+    except OSError:
+        return False
+    return True
+
+
+# Where the kernel's timeouts work as we set them; elsewhere Python's timeout mode is kept.
+_KERNEL_TIMEOUTS = _kernel_timeouts()
 
 # A send that fails this way may still have a readable answer (a server that
 # answers 413 and closes before reading the body): read it before giving up.
@@ -473,16 +503,21 @@ def _timed_out(exc: BlockingIOError) -> TimeoutError:
 
 
 def _bound(sock: Any, bound: float | None, read_timeout: float) -> float | None:
-    """Bound the socket's waits: ``None`` blocking with the kernel's timeouts, else timeout mode."""
-    sock.settimeout(bound)
+    """Bound the socket's waits: ``None`` blocking with the kernel's timeouts, else timeout mode.
+
+    Returns the socket's timeout now: ``read_timeout`` (timeout mode) if the kernel
+    refused the timeouts.
+    """
     if bound is None:
         # Set at every switch to blocking (a fresh connection, or after a deadline-bounded
         # wait): a blocking socket here always carries this read_timeout.
-        seconds = int(read_timeout)
-        micros = int((read_timeout - seconds) * 1_000_000) or (0 if seconds else 1)  # 0 would wait forever
-        timeval = struct.pack("ll", seconds, micros)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        timeval = _timeval(read_timeout)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        except OSError:  # never block without them: timeout mode bounds the wait instead
+            bound = read_timeout
+    sock.settimeout(bound)
     return bound
 
 
