@@ -183,8 +183,9 @@ class RecordFuture(Future[SendResult]):
     def settle(self, outcome: SendResult | BaseException, first: Callable[[_A], object], arg: _A) -> None:
         """Resolve with ``outcome`` (a result, or the exception to raise); the resolver calls it once.
 
-        ``first(arg)`` runs once the Future is done and before any done-callback: the
-        resolver gives the record's ``max_pending`` slot back there, so a done-callback
+        ``first(arg)`` runs once the Future is done and before any done-callback run by the
+        resolving thread (one that another thread adds in that short window may run first:
+        harmless): the resolver gives the record's ``max_pending`` slot back there, so a done-callback
         that calls ``flush()`` does not wait for its own record, and ``flush()`` never
         returns before the Futures it waited for are done. It runs even if resolving
         raised (``InvalidStateError`` on a second outcome: a bug), so the slot is never lost.
