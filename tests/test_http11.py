@@ -308,6 +308,29 @@ def test_abort_unblocks_a_read_in_flight(raw: ScriptServer) -> None:
     assert isinstance(errors[0], ResponseError)
 
 
+def test_abort_of_a_reused_connection_does_not_reconnect(raw: ScriptServer) -> None:
+    # The shut socket reads as a stale keep-alive close (NoResponse): not a reason to connect again.
+    raw.script((response(200, b"ok"),), (30.0, response(200, b"late")))
+    t = _transport(raw, read_timeout=30)
+    assert t.send("POST", raw.url, b"a", {}).status == 200  # the next send reuses this connection
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            t.send("POST", raw.url, b"b", {})
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=send)
+    worker.start()
+    time.sleep(0.3)
+    t.abort()
+    worker.join(5)
+    assert not worker.is_alive()
+    assert isinstance(errors[0], ResponseError) and "closed before the request" in str(errors[0]), errors
+    assert (t.reconnects, raw.connections) == (0, 1)
+
+
 # -- https: the same path over an SSLSocket -------------------------------------------------
 
 

@@ -251,9 +251,12 @@ class Urllib3Transport:
                 # The stale keep-alive race: the server cannot have answered, so
                 # the request goes again on a fresh connection, once.
                 conn.close()
-                with self._lock:
-                    self._reconnects += 1
-                self._connect(conn, url, deadline)
+                # Checked before reconnecting too: abort() shutting this socket is what
+                # ended the exchange, and a new connection would only wait for connect_timeout.
+                if not self._aborted:
+                    with self._lock:
+                        self._reconnects += 1
+                    self._connect(conn, url, deadline)
                 if self._aborted:
                     raise ResponseError(
                         f"the connector closed before the request to {url} was resent", url=url
