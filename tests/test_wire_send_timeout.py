@@ -1,4 +1,4 @@
-"""Review: a plain-http send to a peer that reads slowly must end within the attempt's bounds.
+"""A plain-http send to a peer that reads slowly ends within the attempt's bounds.
 
 SO_SNDTIMEO bounds each send() call, not sendall(): every partial send starts the kernel's
 timer again, so a peer that drains a little at a time keeps a <= 16 KiB request going for
