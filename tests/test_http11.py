@@ -287,19 +287,27 @@ def test_corrupt_gzip_is_a_response_error(raw: ScriptServer) -> None:
     assert "DecodeError" in type(info.value.__cause__).__name__
 
 
-def test_abort_unblocks_a_read_in_flight(raw: ScriptServer) -> None:
-    raw.script((b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab", 30.0))
-    t = _transport(raw, read_timeout=30)
+def _send_in_thread(
+    t: Urllib3Transport, url: str, body: bytes
+) -> tuple[threading.Thread, list[BaseException]]:
+    # A send on its own thread (for abort() to interrupt); what it raises lands in the list.
     errors: list[BaseException] = []
 
     def send() -> None:
         try:
-            t.send("POST", raw.url, b"a", {})
+            t.send("POST", url, body, {})
         except BaseException as exc:
             errors.append(exc)
 
     worker = threading.Thread(target=send)
     worker.start()
+    return worker, errors
+
+
+def test_abort_unblocks_a_read_in_flight(raw: ScriptServer) -> None:
+    raw.script((b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab", 30.0))
+    t = _transport(raw, read_timeout=30)
+    worker, errors = _send_in_thread(t, raw.url, b"a")
     time.sleep(0.3)
     started = time.monotonic()
     t.abort()
@@ -313,16 +321,7 @@ def test_abort_of_a_reused_connection_does_not_reconnect(raw: ScriptServer) -> N
     raw.script((response(200, b"ok"),), (30.0, response(200, b"late")))
     t = _transport(raw, read_timeout=30)
     assert t.send("POST", raw.url, b"a", {}).status == 200  # the next send reuses this connection
-    errors: list[BaseException] = []
-
-    def send() -> None:
-        try:
-            t.send("POST", raw.url, b"b", {})
-        except BaseException as exc:
-            errors.append(exc)
-
-    worker = threading.Thread(target=send)
-    worker.start()
+    worker, errors = _send_in_thread(t, raw.url, b"b")
     time.sleep(0.3)
     t.abort()
     worker.join(5)
