@@ -215,15 +215,16 @@ class Resolver:
                     self._release(unit)
 
     def _account(self, unit: Unit, outcome: Outcome) -> None:
+        if isinstance(outcome, SendResult):
+            unit.elapsed = outcome.elapsed  # measured as the attempt settled: no second clock read
+            return
         unit.elapsed = time.monotonic() - unit.t0
-        error = None if isinstance(outcome, SendResult) else outcome
-        if error is not None:
-            unit.kind = error_kind(error)  # counted with the ledger, in _release
-            if error.url is None:
-                error.url = unit.url
-            if not isinstance(error, SinkClosedError):
-                self._failures.failed(unit.record.record_id, unit.attempts, error)  # summarised per kind
-            self._hooks.on_failure(unit, error)  # the dead letter is written before the callback runs
+        unit.kind = error_kind(outcome)  # counted with the ledger, in _release
+        if outcome.url is None:
+            outcome.url = unit.url
+        if not isinstance(outcome, SinkClosedError):
+            self._failures.failed(unit.record.record_id, unit.attempts, outcome)  # summarised per kind
+        self._hooks.on_failure(unit, outcome)  # the dead letter is written before the callback runs
 
     def _conclude(self, unit: Unit, outcome: Outcome) -> None:
         # In the put's context: the callback, then the Future; the slot is given back
