@@ -213,32 +213,29 @@ def test_every_module_imports_first_and_in_random_orders():
         shuffled = IMPORTABLE[:]
         rng.shuffle(shuffled)
         orders.append(shuffled)
-    done = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", _IMPORT_ORDERS, json.dumps(orders)],
-        cwd=ROOT,
-        env=_ENV,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
+    done = _python(_IMPORT_ORDERS, json.dumps(orders), timeout=110)
     assert done.returncode == 0, done.stderr[-2000:]
     failures = json.loads(done.stdout.strip().splitlines()[-1])
     assert not failures, "\n".join(failures)
 
 
-@pytest.mark.parametrize("module", sorted(random.Random(12).sample(IMPORTABLE, 3)))
-def test_a_module_imports_first_in_a_fresh_interpreter(module):
-    # A fresh interpreter for a few modules (the in-process orders above cover them all cheaply).
-    done = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", f"import {module}"],
+def _python(code: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    # ``code`` in a fresh interpreter from the repo root, warnings off, output captured.
+    return subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code, *args],
         cwd=ROOT,
         env=_ENV,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         check=False,
     )
+
+
+@pytest.mark.parametrize("module", sorted(random.Random(12).sample(IMPORTABLE, 3)))
+def test_a_module_imports_first_in_a_fresh_interpreter(module):
+    # A fresh interpreter for a few modules (the in-process orders above cover them all cheaply).
+    done = _python(f"import {module}", timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
 
 

@@ -87,6 +87,19 @@ scenario = st.fixed_dictionaries(
 )
 
 
+def _seeded_replies(table, scenario):
+    # The server's answers: drawn from ``table`` with the scenario's weights, in a seeded order.
+    rng = random.Random(scenario["seed"])
+    choices = scenario["weights"]
+    lock = threading.Lock()
+
+    def respond(request):
+        with lock:
+            return table[rng.choice(choices)]
+
+    return respond
+
+
 @settings(
     max_examples=int(os.environ.get("EMHS_INVARIANT_EXAMPLES", "30")),
     deadline=None,
@@ -94,15 +107,8 @@ scenario = st.fixed_dictionaries(
 )
 @given(scenario=scenario)
 def test_every_accepted_record_gets_exactly_one_consistent_outcome(fault_server, scenario):
-    rng = random.Random(scenario["seed"])
-    choices = scenario["weights"]
     lock = threading.Lock()
-
-    def respond(request):
-        with lock:
-            return FAULTS[rng.choice(choices)]
-
-    fault_server.responder = respond
+    fault_server.responder = _seeded_replies(FAULTS, scenario)
     fault_server.requests.clear()
     urls = [fault_server.url]
     if scenario["with_dead_url"]:
@@ -306,15 +312,8 @@ def _bounded_close(sink: HttpSinkConnector, timeout: float | None, bound: float)
 )
 @given(scenario=every_path)
 def test_every_path_keeps_exactly_one_outcome_and_close_keeps_its_bound(fault_server, scenario):
-    rng = random.Random(scenario["seed"])
-    choices = scenario["weights"]
     lock = threading.Lock()
-
-    def respond(request):
-        with lock:
-            return HOSTILE[rng.choice(choices)]
-
-    fault_server.responder = respond
+    fault_server.responder = _seeded_replies(HOSTILE, scenario)
     fault_server.requests.clear()
     urls = [fault_server.url + "a", fault_server.url + "b"]
     if scenario["with_dead_url"]:
